@@ -1,0 +1,1 @@
+"""Data: robust image loading, triplet formats, gallery readers, the miniature worlds."""

@@ -1,0 +1,22 @@
+"""Models: registry, backbones, S1 reformulation network, baselines, checkpoints."""
+
+from opencir.models.base import CIRModel, Retriever
+from opencir.models.checkpoint import CheckpointError, load
+from opencir.models.config import BackboneConfig, FusionConfig, ModelConfig, PreprocessConfig
+from opencir.models.loading import PretrainedNotAvailableError
+from opencir.models.registry import create_model, get_model_config, list_models
+
+__all__ = [
+    "BackboneConfig",
+    "CIRModel",
+    "CheckpointError",
+    "FusionConfig",
+    "ModelConfig",
+    "PreprocessConfig",
+    "PretrainedNotAvailableError",
+    "Retriever",
+    "create_model",
+    "get_model_config",
+    "list_models",
+    "load",
+]

@@ -1,0 +1,193 @@
+"""Dual-encoder backbones over Hugging Face ``transformers``: one interface for CLIP and SigLIP.
+
+A :class:`DualTower` exposes exactly what composed retrieval needs:
+
+* the vision transformer block by block (``vision_tokens`` → ``vision_layers`` →
+  ``pool_image``), so S1 can insert cross-attention between self-attention and MLP;
+* the text encoder's token sequence *and* its pooled, projected embedding;
+* the embedding width, head count and widths of both towers.
+
+Each block runs through :func:`self_attention` and :func:`feed_forward`, which reuse the
+pretrained layer's own weights but compute attention with PyTorch's fused
+``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, PreTrainedModel, SiglipConfig, SiglipModel
+
+
+@dataclass
+class TextFeatures:
+    """The text encoder's output: per-token states, their padding mask, the pooled embedding."""
+
+    tokens: torch.Tensor  # [B, L, W_text]
+    mask: torch.Tensor | None  # [B, L] bool, True where a real token is (None: attend to all)
+    pooled: torch.Tensor  # [B, D] in the joint embedding space
+
+
+def self_attention(layer: nn.Module, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Pre-norm multi-head self-attention of an HF ViT layer with its residual, via SDPA."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    out = multi_head_attention(attn.q_proj(h), attn.k_proj(h), attn.v_proj(h), num_heads)
+    return x + attn.out_proj(out)
+
+
+def feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pre-norm MLP of an HF ViT layer with its residual."""
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def multi_head_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Split heads, run fused SDPA, merge heads; ``key_mask`` is ``[B, L]`` bool, True = keep."""
+    batch, q_len, width = q.shape
+    head_dim = width // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, t.shape[1], num_heads, head_dim).transpose(1, 2)
+
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+    return out.transpose(1, 2).reshape(batch, q_len, width)
+
+
+class DualTower(nn.Module, ABC):
+    """Common interface over an HF dual-encoder model (held as ``self.hf``)."""
+
+    family: str = ""
+
+    def __init__(self, hf: PreTrainedModel) -> None:
+        super().__init__()
+        self.hf = hf
+
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        return self.hf.vision_model.encoder.layers
+
+    @property
+    def vision_width(self) -> int:
+        return self.hf.config.vision_config.hidden_size
+
+    @property
+    def text_width(self) -> int:
+        return self.hf.config.text_config.hidden_size
+
+    @property
+    def vision_heads(self) -> int:
+        return self.hf.config.vision_config.num_attention_heads
+
+    @property
+    @abstractmethod
+    def embed_dim(self) -> int:
+        """Width of the joint image–text embedding space."""
+
+    @abstractmethod
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch (+class) token sequence entering the first block."""
+
+    @abstractmethod
+    def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final token sequence → image embedding in the joint space (unnormalised)."""
+
+    @abstractmethod
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """Token ids → per-token states and pooled, projected embedding."""
+
+    def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        layer = self.vision_layers[index]
+        return feed_forward(layer, self_attention(layer, x, self.vision_heads))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The plain backbone image embedding (no text), unnormalised."""
+        x = self.vision_tokens(pixels)
+        for index in range(len(self.vision_layers)):
+            x = self.run_block(index, x)
+        return self.pool_image(x)
+
+
+class CLIPTower(DualTower):
+    """OpenAI CLIP layout: class token, pre-LN, post-LN on the class token, linear projections."""
+
+    family = "clip"
+
+    @property
+    def embed_dim(self) -> int:
+        return self.hf.config.projection_dim
+
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        vision = self.hf.vision_model
+        return vision.pre_layrnorm(vision.embeddings(pixels))
+
+    def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf.visual_projection(self.hf.vision_model.post_layernorm(tokens[:, 0]))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        states = self.hf.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        states = states.last_hidden_state
+        # CLIP pools at the end-of-text token, which is the last real token (right padding).
+        last = attention_mask.sum(dim=1) - 1
+        pooled = states[torch.arange(states.shape[0], device=states.device), last]
+        return TextFeatures(states, attention_mask.bool(), self.hf.text_projection(pooled))
+
+
+class SiglipTower(DualTower):
+    """SigLIP layout: no class token, attention-pooling head, text pooled at the last position.
+
+    SigLIP was trained on max-length padded text *without* an attention mask; we keep that,
+    so cross-attention also sees every position.
+    """
+
+    family = "siglip"
+
+    @property
+    def embed_dim(self) -> int:
+        return self.hf.config.vision_config.hidden_size
+
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.hf.vision_model.embeddings(pixels)
+
+    def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        vision = self.hf.vision_model
+        tokens = vision.post_layernorm(tokens)
+        if getattr(vision, "use_head", True) and hasattr(vision, "head"):
+            return vision.head(tokens)
+        return tokens.mean(dim=1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        out = self.hf.text_model(input_ids=input_ids)
+        return TextFeatures(out.last_hidden_state, None, out.pooler_output)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one backbone family from a config dict or from pretrained weights."""
+
+    tower: type[DualTower]
+    hf_model: type[PreTrainedModel]
+    hf_config: type
+    pad_to_max_length: bool
+
+
+FAMILIES: dict[str, Family] = {
+    "clip": Family(CLIPTower, CLIPModel, CLIPConfig, pad_to_max_length=False),
+    "siglip": Family(SiglipTower, SiglipModel, SiglipConfig, pad_to_max_length=True),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown backbone family {name!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]

@@ -1,0 +1,139 @@
+"""One checkpoint format for every method: ``config.json`` + ``model.safetensors`` + tokenizer.
+
+The config fully rebuilds the architecture (no hub access), the tensors are loaded strictly,
+and a checkpoint whose tensors disagree with its config is refused with the names of the
+mismatching tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from opencir.models.base import CIRModel
+from opencir.models.config import ModelConfig
+from opencir.models.loading import build_tower
+
+CHECKPOINT_FORMAT = "opencir-checkpoint"
+CHECKPOINT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing files or its tensors do not match its config."""
+
+
+def save_checkpoint(model: CIRModel, directory: str | Path) -> Path:
+    """Write the checkpoint into a temp dir beside ``directory`` and swap it in atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": CHECKPOINT_FORMAT})
+        header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+        (staging / CONFIG_FILE).write_text(
+            json.dumps({**header, "model": model.config.to_dict()}, indent=2)
+        )
+        model.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        _fsync_tree(staging)
+        _swap_in(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace ``directory`` by ``staging``; the old one is removed only after the rename."""
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        directory.rename(old)
+    staging.rename(directory)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("format") == CHECKPOINT_FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_checkpoint_config(directory: str | Path) -> ModelConfig:
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not an OpenCIR checkpoint: {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not an OpenCIR checkpoint config (format={data.get('format')!r}); "
+            "for Hugging Face backbone weights use create_model(name, pretrained=DIR)"
+        )
+    return ModelConfig.from_dict(data["model"])
+
+
+def load(directory: str | Path, map_location: str | torch.device = "cpu") -> CIRModel:
+    """Load a checkpoint written by ``model.save``; embeddings are bit-identical."""
+    from opencir.models.registry import build_model
+
+    directory = Path(directory)
+    config = read_checkpoint_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS_FILE}")
+    tower, _ = build_tower(config.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
+    model = build_model(config, tower, tokenizer)
+    _load_strict(model, load_file(weights, device=str(map_location)), directory)
+    return model.eval()
+
+
+def _load_strict(model: CIRModel, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = sorted(
+        f"{k} (config {tuple(expected[k].shape)}, file {tuple(tensors[k].shape)})"
+        for k in set(expected) & set(tensors)
+        if expected[k].shape != tensors[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        problems = [
+            f"{label}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+            for label, names in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", wrong_shape),
+            )
+            if names
+        ]
+        raise CheckpointError(
+            f"checkpoint {directory} does not match its config.json: " + "; ".join(problems)
+        )
+    model.load_state_dict(tensors, strict=True)

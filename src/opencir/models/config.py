@@ -1,0 +1,131 @@
+"""Frozen configuration dataclasses for every OpenCIR model, and their JSON form.
+
+A :class:`ModelConfig` fully rebuilds a model: the method, the backbone architecture (the
+Hugging Face config dict, so no hub access is needed to rebuild), the fusion settings and
+the image preprocessing. Checkpoints store it as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a PIL image becomes the tower's input tensor.
+
+    ``resize="shortest_edge"`` scales the short side to ``size`` then centre-crops (CLIP);
+    ``resize="squash"`` resizes straight to ``size``×``size`` (SigLIP).
+    """
+
+    size: int = 224
+    resize: str = "shortest_edge"
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    resample: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("shortest_edge", "squash"):
+            raise ValueError(f"resize must be 'shortest_edge' or 'squash', got {self.resize!r}")
+        if self.resample not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"resample must be bicubic/bilinear/nearest, got {self.resample!r}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A dual-encoder (image tower + text tower) backbone.
+
+    ``architecture`` is the Hugging Face config dict of the family's model class;
+    ``pretrained`` records where weights were loaded from (a hub id or a directory), or
+    ``None`` for random initialisation.
+    """
+
+    family: str
+    architecture: dict[str, Any]
+    max_text_length: int = 77
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    pretrained: str | None = None
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Method settings (all methods share one dataclass so overrides are uniform).
+
+    S1 (InstructCIR): ``cross_attention`` injects text cross-attention into every vision
+    block; ``ema`` keeps a momentum copy as the target encoder; ``predictor_hidden_mult``
+    sizes the predictor MLP; ``combiner`` enables Eq. 3 (a learned weight mixing the pure
+    text embedding into the query); ``null_text`` is what targets are encoded with.
+    Baselines: ``combiner_hidden_mult`` sizes the CLIP4Cir-style combiner.
+    """
+
+    cross_attention: bool = True
+    ema: bool = True
+    ema_momentum: float = 0.999
+    predictor_hidden_mult: int = 2
+    combiner: bool = False
+    combiner_init: float = 0.1
+    null_text: str = ""
+    combiner_hidden_mult: int = 4
+    combiner_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if not 0.0 < self.combiner_init < 1.0:
+            raise ValueError(f"combiner_init must be in (0, 1), got {self.combiner_init}")
+        if self.predictor_hidden_mult < 1 or self.combiner_hidden_mult < 1:
+            raise ValueError("hidden multipliers must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: name, method, backbone, fusion settings."""
+
+    name: str
+    method: str
+    backbone: BackboneConfig
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        backbone = dict(data["backbone"])
+        preprocess = backbone.get("preprocess") or {}
+        backbone["preprocess"] = PreprocessConfig(**_tuples(preprocess))
+        return cls(
+            name=data["name"],
+            method=data["method"],
+            backbone=BackboneConfig(**backbone),
+            fusion=FusionConfig(**data.get("fusion", {})),
+        )
+
+    def with_overrides(self, **overrides: Any) -> ModelConfig:
+        """Return a copy with fusion or backbone fields replaced; unknown names are refused."""
+        fusion_names = {f.name for f in fields(FusionConfig)}
+        backbone_names = {f.name for f in fields(BackboneConfig)} - {"architecture", "family"}
+        unknown = set(overrides) - fusion_names - backbone_names
+        if unknown:
+            raise TypeError(
+                f"unknown model override(s) {sorted(unknown)}; "
+                f"fusion options are {sorted(fusion_names)}, "
+                f"backbone options {sorted(backbone_names)}"
+            )
+        fusion = {k: v for k, v in overrides.items() if k in fusion_names}
+        backbone = {k: v for k, v in overrides.items() if k in backbone_names}
+        return dataclasses.replace(
+            self,
+            fusion=dataclasses.replace(self.fusion, **fusion),
+            backbone=dataclasses.replace(self.backbone, **backbone),
+        )
+
+
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no tuples: turn list values back into tuples for frozen dataclasses."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

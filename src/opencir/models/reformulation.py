@@ -1,0 +1,176 @@
+"""S1 — InstructCIR's embedding reformulation network (seed 002, §II-B/II-C).
+
+Reads top to bottom: the cross-attention block, the predictor, the reformulation encoder
+(a ViT whose every block is self-attention → cross-attention to text → MLP), and the model
+that pairs a query encoder with an EMA target encoder and an optional Eq. 3 combiner.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from opencir.models.backbones import (
+    DualTower,
+    TextFeatures,
+    feed_forward,
+    multi_head_attention,
+    self_attention,
+)
+from opencir.models.base import CIRModel
+from opencir.models.config import ModelConfig
+
+
+class CrossAttention(nn.Module):
+    """Image tokens (queries) attend to the text encoder's token sequence (keys/values).
+
+    Pre-norm with a residual, the backbone's head count and Xavier initialisation, as the
+    paper states. Keys/values are projected from the text width to the vision width.
+    """
+
+    def __init__(self, vision_width: int, text_width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(vision_width)
+        self.q_proj = nn.Linear(vision_width, vision_width)
+        self.k_proj = nn.Linear(text_width, vision_width)
+        self.v_proj = nn.Linear(text_width, vision_width)
+        self.out_proj = nn.Linear(vision_width, vision_width)
+        for linear in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        q = self.q_proj(self.norm(x))
+        k, v = self.k_proj(text.tokens), self.v_proj(text.tokens)
+        out = multi_head_attention(q, k, v, self.num_heads, key_mask=text.mask)
+        return x + self.out_proj(out)
+
+
+class Predictor(nn.Module):
+    """MLP over ``[image embedding; text embedding]`` giving the retrieval embedding (Eq. 1).
+
+    Both inputs are L2-normalised first so neither modality dominates by scale.
+    """
+
+    def __init__(self, embed_dim: int, hidden_mult: int) -> None:
+        super().__init__()
+        hidden = hidden_mult * embed_dim
+        self.net = nn.Sequential(
+            nn.Linear(2 * embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim)
+        )
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([F.normalize(image, dim=-1), F.normalize(text, dim=-1)], -1))
+
+
+class ReformulationEncoder(nn.Module):
+    """E(I, T(t)) followed by the predictor: one full encoder (query or EMA target)."""
+
+    def __init__(self, tower: DualTower, cross_attention: bool, predictor_hidden_mult: int) -> None:
+        super().__init__()
+        self.tower = tower
+        blocks = len(tower.vision_layers)
+        self.cross = (
+            nn.ModuleList(
+                CrossAttention(tower.vision_width, tower.text_width, tower.vision_heads)
+                for _ in range(blocks)
+            )
+            if cross_attention
+            else None
+        )
+        self.predictor = Predictor(tower.embed_dim, predictor_hidden_mult)
+
+    def reformulate(self, pixels: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        """Text-guided image embedding before the predictor (the plain one without cross-attn)."""
+        tower = self.tower
+        if self.cross is None:
+            return tower.encode_image(pixels)
+        x = tower.vision_tokens(pixels)
+        for index, layer in enumerate(tower.vision_layers):
+            x = self_attention(layer, x, tower.vision_heads)
+            x = self.cross[index](x, text)
+            x = feed_forward(layer, x)
+        return tower.pool_image(x)
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(predicted embedding, pooled text embedding)``, both unnormalised."""
+        text = self.tower.encode_text(input_ids, attention_mask)  # once, shared by all blocks
+        if text.tokens.shape[0] != pixels.shape[0]:
+            text = _expand(text, pixels.shape[0])
+        image = self.reformulate(pixels, text)
+        return self.predictor(image, text.pooled), text.pooled
+
+
+def _expand(text: TextFeatures, batch: int) -> TextFeatures:
+    """Broadcast a single text (the null text) to a batch without recomputing it."""
+    mask = None if text.mask is None else text.mask.expand(batch, -1)
+    return TextFeatures(text.tokens.expand(batch, -1, -1), mask, text.pooled.expand(batch, -1))
+
+
+class InstructCIR(CIRModel):
+    """Query encoder + EMA target encoder (+ optional combiner) behind the CIRModel API."""
+
+    def __init__(self, config: ModelConfig, tower: DualTower, tokenizer: PreTrainedTokenizerBase):
+        super().__init__(config, tokenizer)
+        fusion = config.fusion
+        self.query_encoder = ReformulationEncoder(
+            tower, fusion.cross_attention, fusion.predictor_hidden_mult
+        )
+        self.target_encoder: ReformulationEncoder | None = None
+        if fusion.ema:
+            self.target_encoder = copy.deepcopy(self.query_encoder).requires_grad_(False)
+        self.combiner_logit = None
+        if fusion.combiner:
+            init = torch.logit(torch.tensor(fusion.combiner_init))
+            self.combiner_logit = nn.Parameter(init.reshape(1))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.query_encoder.tower.embed_dim
+
+    @property
+    def target_network(self) -> ReformulationEncoder:
+        """The encoder targets go through: the EMA copy, or the query encoder without EMA."""
+        return self.target_encoder if self.target_encoder is not None else self.query_encoder
+
+    @property
+    def combiner_weight(self) -> torch.Tensor | None:
+        """λ of Eq. 3, the weight of the pure text embedding in the final query."""
+        return None if self.combiner_logit is None else torch.sigmoid(self.combiner_logit)
+
+    def forward_query(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        query, text = self.query_encoder(pixels, tokens["input_ids"], tokens["attention_mask"])
+        query = F.normalize(query, dim=-1)
+        weight = self.combiner_weight
+        if weight is not None:  # Eq. 3: q = (1 - λ)·q̂ + λ·t̂, then renormalise
+            query = (1 - weight) * query + weight * F.normalize(text, dim=-1)
+        return F.normalize(query, dim=-1)
+
+    def forward_target(self, pixels: torch.Tensor) -> torch.Tensor:
+        null = self.tokenize([self.config.fusion.null_text])
+        target, _ = self.target_network(pixels, null["input_ids"], null["attention_mask"])
+        return F.normalize(target, dim=-1)
+
+    @torch.no_grad()
+    def ema_update(self, momentum: float | None = None) -> None:
+        """target ← m·target + (1 − m)·query, one fused foreach call over all tensors."""
+        if self.target_encoder is None:
+            return
+        m = self.config.fusion.ema_momentum if momentum is None else momentum
+        target = list(self.target_encoder.parameters())
+        online = [p.detach() for p in self.query_encoder.parameters()]
+        torch._foreach_mul_(target, m)
+        torch._foreach_add_(target, online, alpha=1.0 - m)
+
+    def combiner_parameters(self) -> list[nn.Parameter]:
+        """What the combiner stage trains (everything else frozen)."""
+        if self.combiner_logit is None:
+            raise ValueError("this model was built without a combiner (fusion.combiner=False)")
+        return [self.combiner_logit]
