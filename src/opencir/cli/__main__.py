@@ -1,0 +1,5 @@
+import sys
+
+from opencir.cli import main
+
+sys.exit(main())
