@@ -8,6 +8,7 @@ from opencir.models import (
     create_model,
     list_models,
     load,
+    load_model,
 )
 
 __version__ = "0.1.0"
@@ -21,4 +22,5 @@ __all__ = [
     "create_model",
     "list_models",
     "load",
+    "load_model",
 ]

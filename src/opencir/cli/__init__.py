@@ -17,7 +17,17 @@ log = logging.getLogger("opencir")
 Handler = Callable[[argparse.Namespace], int]
 
 # Modules under opencir.cli that contribute subcommands, in --help order.
-COMMAND_MODULES = ("models", "demo")
+COMMAND_MODULES = (
+    "models",
+    "world",
+    "generate",
+    "train",
+    "eval",
+    "index",
+    "search",
+    "serve",
+    "demo",
+)
 
 
 class UsageError(ValueError):
@@ -32,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(f"opencir.cli.{name}").register(sub)
+        try:
+            module = importlib.import_module(f"opencir.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"opencir.cli.{name}":
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

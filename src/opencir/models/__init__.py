@@ -4,7 +4,7 @@ from opencir.models.base import CIRModel, Retriever
 from opencir.models.checkpoint import CheckpointError, load
 from opencir.models.config import BackboneConfig, FusionConfig, ModelConfig, PreprocessConfig
 from opencir.models.loading import PretrainedNotAvailableError
-from opencir.models.registry import create_model, get_model_config, list_models
+from opencir.models.registry import create_model, get_model_config, list_models, load_model
 
 __all__ = [
     "BackboneConfig",
@@ -19,4 +19,5 @@ __all__ = [
     "get_model_config",
     "list_models",
     "load",
+    "load_model",
 ]

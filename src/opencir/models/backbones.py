@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, PreTrainedModel, SiglipConfig, SiglipModel
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    PreTrainedModel,
+    SiglipConfig,
+    SiglipModel,
+    VisionTextDualEncoderConfig,
+    VisionTextDualEncoderModel,
+)
 
 
 @dataclass
@@ -106,6 +114,15 @@ class DualTower(nn.Module, ABC):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         """Token ids → per-token states and pooled, projected embedding."""
 
+    def logit_parameters(self) -> list[nn.Parameter]:
+        """The image–text logit scale/bias: used by pretraining only, never by CIR forwards."""
+        names = ("logit_scale", "logit_bias")
+        return [p for name in names if (p := getattr(self.hf, name, None)) is not None]
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Weights no embedding computed here ever touches (kept only for checkpoint fidelity)."""
+        return []
+
     def run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         layer = self.vision_layers[index]
         return feed_forward(layer, self_attention(layer, x, self.vision_heads))
@@ -171,6 +188,48 @@ class SiglipTower(DualTower):
         return TextFeatures(out.last_hidden_state, None, out.pooler_output)
 
 
+class DualEncoderTower(DualTower):
+    """A CLIP-layout ViT paired with any BERT-style text encoder (HF VisionTextDualEncoder).
+
+    Lets a small vision transformer trained from scratch sit beside a pretrained sentence
+    encoder (e.g. all-MiniLM-L6-v2). Text is mean-pooled over real tokens, as sentence
+    encoders are trained, then projected into the joint space.
+    """
+
+    family = "dual"
+
+    @property
+    def _vision(self) -> nn.Module:
+        vision = self.hf.vision_model  # CLIPVisionModel; older transformers nest one level deeper
+        return getattr(vision, "vision_model", vision)
+
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        return self._vision.encoder.layers
+
+    @property
+    def embed_dim(self) -> int:
+        return self.hf.config.projection_dim
+
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._vision.pre_layrnorm(self._vision.embeddings(pixels))
+
+    def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf.visual_projection(self._vision.post_layernorm(tokens[:, 0]))
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """BERT's pooler: we mean-pool instead, as sentence encoders are trained."""
+        pooler = getattr(self.hf.text_model, "pooler", None)
+        return [] if pooler is None else list(pooler.parameters())
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        states = self.hf.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        states = states.last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return TextFeatures(states, attention_mask.bool(), self.hf.text_projection(pooled))
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one backbone family from a config dict or from pretrained weights."""
@@ -184,6 +243,12 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "clip": Family(CLIPTower, CLIPModel, CLIPConfig, pad_to_max_length=False),
     "siglip": Family(SiglipTower, SiglipModel, SiglipConfig, pad_to_max_length=True),
+    "dual": Family(
+        DualEncoderTower,
+        VisionTextDualEncoderModel,
+        VisionTextDualEncoderConfig,
+        pad_to_max_length=False,
+    ),
 }
 
 

@@ -7,9 +7,11 @@ similarity is a plain dot product.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,6 +49,29 @@ def retriever_fingerprint(model: Any) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class TextTokenizer:
+    """Texts → CPU ``input_ids``/``attention_mask`` with a fixed padding policy."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    pad_to_max_length: bool
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a sequence of str (one per query)")
+        if len(texts) == 0:
+            raise ValueError("tokenize got an empty list of texts")
+        encoded = self.tokenizer(
+            list(texts),
+            padding="max_length" if self.pad_to_max_length else "longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {k: encoded[k] for k in ("input_ids", "attention_mask")}
+
+
 class CIRModel(nn.Module):
     """Base class of OpenCIR models: preprocessing, tokenisation, the two encoders, saving.
 
@@ -70,23 +95,22 @@ class CIRModel(nn.Module):
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images → normalised pixel tensor as the backbone expects (on CPU)."""
-        return preprocess_images(images, self.config.backbone.preprocess)
+        return self.image_preprocessor()(images)
+
+    def image_preprocessor(self) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
+        """A picklable preprocessing function (for data workers)."""
+        return functools.partial(preprocess_images, config=self.config.backbone.preprocess)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Texts → ``input_ids`` and ``attention_mask`` on the model's device."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("texts must be a sequence of str (one per query)")
-        if len(texts) == 0:
-            raise ValueError("tokenize got an empty list of texts")
-        pad_to_max = get_family(self.config.backbone.family).pad_to_max_length
-        encoded = self.tokenizer(
-            list(texts),
-            padding="max_length" if pad_to_max else "longest",
-            truncation=True,
-            max_length=self.config.backbone.max_text_length,
-            return_tensors="pt",
-        )
-        return {k: encoded[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        tokens = self.text_tokenizer()(texts)
+        return {k: v.to(self.device) for k, v in tokens.items()}
+
+    def text_tokenizer(self) -> TextTokenizer:
+        """A picklable CPU tokenizer with this model's padding policy (for data workers)."""
+        backbone = self.config.backbone
+        pad_to_max = get_family(backbone.family).pad_to_max_length
+        return TextTokenizer(self.tokenizer, backbone.max_text_length, pad_to_max)
 
     def pixels(self, images: ImagesLike) -> torch.Tensor:
         """Accept PIL images or an already preprocessed ``[B, 3, H, W]`` tensor."""
@@ -95,6 +119,18 @@ class CIRModel(nn.Module):
                 raise ValueError(f"image tensor must be [B, 3, H, W], got {tuple(images.shape)}")
             return images.to(self.device, torch.float32)
         return self.preprocess(images).to(self.device)
+
+    def cir_trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the CIR training stage updates (none for parameter-free baselines)."""
+        return []
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Trade compute for memory on large backbones (recompute activations in backward)."""
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing_enable") and enabled:
+                module.gradient_checkpointing_enable()
+            if hasattr(module, "use_checkpointing"):
+                module.use_checkpointing = enabled
 
     def forward_query(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

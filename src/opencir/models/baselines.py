@@ -81,6 +81,11 @@ class Combiner(BackboneBaseline):
             nn.Linear(2 * proj, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
         )
 
+    def cir_trainable_parameters(self) -> list[nn.Parameter]:
+        """The combiner head only; the backbone stays frozen (CLIP4Cir's combiner stage)."""
+        heads = (self.text_proj, self.image_proj, self.mix, self.gate)
+        return [p for head in heads for p in head.parameters()]
+
     def forward_query(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         image, text = self.image_and_text(pixels, tokens)
         joint = torch.cat([self.text_proj(text), self.image_proj(image)], dim=-1)

@@ -8,10 +8,12 @@ that pairs a query encoder with an EMA target encoder and an optional Eq. 3 comb
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedTokenizerBase
 
 from opencir.models.backbones import (
@@ -84,6 +86,7 @@ class ReformulationEncoder(nn.Module):
             else None
         )
         self.predictor = Predictor(tower.embed_dim, predictor_hidden_mult)
+        self.use_checkpointing = False
 
     def reformulate(self, pixels: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """Text-guided image embedding before the predictor (the plain one without cross-attn)."""
@@ -91,11 +94,19 @@ class ReformulationEncoder(nn.Module):
         if self.cross is None:
             return tower.encode_image(pixels)
         x = tower.vision_tokens(pixels)
-        for index, layer in enumerate(tower.vision_layers):
-            x = self_attention(layer, x, tower.vision_heads)
-            x = self.cross[index](x, text)
-            x = feed_forward(layer, x)
+        for index in range(len(tower.vision_layers)):
+            if self.use_checkpointing and self.training:
+                x = checkpoint(self._block, index, x, text, use_reentrant=False)
+            else:
+                x = self._block(index, x, text)
         return tower.pool_image(x)
+
+    def _block(self, index: int, x: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        """One reformulation block: self-attention → cross-attention to text → MLP."""
+        layer = self.tower.vision_layers[index]
+        x = self_attention(layer, x, self.tower.vision_heads)
+        x = self.cross[index](x, text)
+        return feed_forward(layer, x)
 
     def forward(
         self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -168,6 +179,27 @@ class InstructCIR(CIRModel):
         online = [p.detach() for p in self.query_encoder.parameters()]
         torch._foreach_mul_(target, m)
         torch._foreach_add_(target, online, alpha=1.0 - m)
+
+    def cir_trainable_parameters(self) -> list[nn.Parameter]:
+        """Both the text encoder and the reformulated image encoder are trained (§II-C).
+
+        The backbone's logit scale (and any weight no embedding uses) is left out: a parameter
+        that never receives a gradient would stall DDP's gradient buckets.
+        """
+        tower = self.query_encoder.tower
+        unused = {id(p) for p in (*tower.logit_parameters(), *tower.unused_parameters())}
+        return [p for p in self.query_encoder.parameters() if id(p) not in unused]
+
+    def enable_combiner(self, init: float | None = None) -> None:
+        """Add the Eq. 3 combiner to a model trained without it (the combiner stage)."""
+        if self.combiner_logit is not None:
+            return
+        fusion = dataclasses.replace(self.config.fusion, combiner=True)
+        if init is not None:
+            fusion = dataclasses.replace(fusion, combiner_init=init)
+        self.config = dataclasses.replace(self.config, fusion=fusion)
+        logit = torch.logit(torch.tensor(fusion.combiner_init)).reshape(1).to(self.device)
+        self.combiner_logit = nn.Parameter(logit)
 
     def combiner_parameters(self) -> list[nn.Parameter]:
         """What the combiner stage trains (everything else frozen)."""

@@ -116,3 +116,20 @@ def create_model(name: str, pretrained: str | bool | None = None, **overrides: A
     config = ModelConfig(config.name, config.method, backbone, config.fusion)
     tokenizer = load_tokenizer(backbone, str(pretrained) if pretrained else None)
     return build_model(config, tower, tokenizer)
+
+
+def load_model(spec: str, pretrained: str | None = None) -> CIRModel:
+    """A model from a checkpoint directory or a registry name (the CLI's ``--model``)."""
+    from pathlib import Path
+
+    from opencir.models.checkpoint import is_checkpoint, load
+
+    if is_checkpoint(spec):
+        return load(spec)
+    if Path(spec).is_dir():
+        raise ValueError(
+            f"{spec} is a directory but not an OpenCIR checkpoint (no config.json with "
+            "format 'opencir-checkpoint'); for Hugging Face backbone weights pass a registry "
+            "name and the directory as pretrained, e.g. instructcir-vit-l-14 + pretrained=DIR"
+        )
+    return create_model(spec, pretrained=pretrained)

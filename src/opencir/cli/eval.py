@@ -1,0 +1,68 @@
+"""``opencir eval``: evaluate a model on a benchmark split under its exact protocol."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from opencir.eval.benchmarks import list_benchmarks
+
+    parser = sub.add_parser(
+        "eval",
+        help="evaluate a model on a benchmark (metrics table + results JSON)",
+        description="Protocol switches are listed in docs/BENCHMARKS.md; every report prints them.",
+    )
+    parser.add_argument("--model", required=True, help="registry name or checkpoint directory")
+    parser.add_argument("--pretrained", help="backbone weights for a registry name (hub id/dir)")
+    parser.add_argument("--benchmark", required=True, choices=list_benchmarks())
+    parser.add_argument("--data-root", required=True, help="dataset root in its official layout")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="protocol option, e.g. exclude_reference=false, category=dress (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--out", help="write the results JSON here")
+    parser.add_argument("--submission", metavar="DIR", help="write test-server files (cirr, circo)")
+    parser.add_argument("--report", metavar="DIR", help="write qualitative grid + recall plot")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cache-dir", default=".cache/opencir/gallery", help="gallery cache")
+    parser.add_argument("--no-cache", action="store_true", help="do not cache gallery embeddings")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=run)
+
+
+def parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r} must look like KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from opencir.eval.run import EvalRequest, run_evaluation
+    from opencir.models import load_model
+
+    request = EvalRequest(
+        benchmark=args.benchmark,
+        data_root=args.data_root,
+        split=args.split,
+        options=parse_options(args.option),
+        batch_size=args.batch_size,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        out=args.out,
+        submission_dir=args.submission,
+        report_dir=args.report,
+        progress=not args.no_progress,
+    )
+    model = load_model(args.model, pretrained=args.pretrained)
+    result, written = run_evaluation(model, request)
+    print(result.format_table())
+    for path in written:
+        print(f"wrote {path}")
+    return 0

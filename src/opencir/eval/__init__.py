@@ -1,0 +1,1 @@
+"""Evaluation: metric core, benchmark adapters, submissions, reports."""

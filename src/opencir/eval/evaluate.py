@@ -1,0 +1,468 @@
+"""Evaluate any :class:`~opencir.models.base.Retriever` on any :class:`BenchmarkSplit`.
+
+The evaluator embeds the gallery (cached on disk) and the queries, ranks with the shared
+metric core (:mod:`opencir.eval.metrics`) under the split's protocol switches and returns an
+:class:`EvalResult` holding the numbers, the switches and the top-K rankings (for submission
+files and qualitative grids). Metric names: ``R@K``, ``R_subset@K``, ``mAP@K`` and, when
+both recall families are computed (CIRR), ``R_avg`` = (R@5 + R_subset@1) / 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
+from opencir.eval.metrics import map_at_k, rank_gallery, recall_at_k, recall_subset_at_k
+from opencir.models.base import Retriever, retriever_fingerprint
+
+log = logging.getLogger(__name__)
+
+METRIC_FAMILIES = ("recall", "recall_subset", "map")
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass
+class EvalResult:
+    """Numbers, protocol and rankings of one model on one benchmark split.
+
+    ``rankings``: query id → top gallery keys, best first, under the split's protocol.
+    ``subset_rankings``: the same within each CIRR subset (reference removed), when the
+    split asks for ``recall_subset``; test-server files are written from these two.
+    """
+
+    benchmark: str
+    split: str
+    metrics: dict[str, float]
+    per_group: dict[str, dict[str, float]]
+    group_mean: dict[str, float]
+    protocol: dict[str, Any]
+    model_fingerprint: str
+    dataset_fingerprint: str
+    num_queries: int
+    num_gallery: int
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    subset_rankings: dict[str, list[str]] = field(default_factory=dict)
+    gallery_cache_hit: bool = False
+
+    def to_json(self, path: str | Path | None = None, indent: int | None = 2) -> str:
+        """The result as JSON text; also written (atomically) to ``path`` when given."""
+        text = json.dumps(asdict(self), indent=indent, default=str)
+        if path is not None:
+            _atomic_write(Path(path), lambda f: f.write(text.encode()))
+        return text
+
+    @classmethod
+    def from_json(cls, text: str) -> EvalResult:
+        """Rebuild a result from :meth:`to_json` output."""
+        return cls(**json.loads(text))
+
+    def format_table(self) -> str:
+        """A readable text table: metrics per group, then the protocol switches."""
+        lines = [
+            f"OpenCIR evaluation: {self.benchmark}/{self.split} "
+            f"({self.num_queries} queries, {self.num_gallery} gallery images)",
+            f"model {self.model_fingerprint}  data {self.dataset_fingerprint}  "
+            f"gallery cache {'hit' if self.gallery_cache_hit else 'miss'}",
+        ]
+        if self.metrics:
+            lines += _metric_table(self.metrics, self.per_group, self.group_mean)
+        else:
+            lines.append(
+                f"no ground truth: metrics skipped, rankings kept for {len(self.rankings)}"
+            )
+        lines.append("protocol:")
+        lines += [f"  {key} = {value!r}" for key, value in self.protocol.items()]
+        return "\n".join(lines)
+
+
+def _metric_table(
+    overall: dict[str, float], per_group: dict[str, dict[str, float]], mean: dict[str, float]
+) -> list[str]:
+    columns = {"overall": overall, **per_group}
+    if mean:
+        columns["mean of groups"] = mean
+    widths = {name: max(9, len(name) + 2) for name in columns}
+    rows = [f"{'metric':<12}" + "".join(f"{n:>{w}}" for n, w in widths.items())]
+    for metric in overall:
+        cells = [
+            f"{col[metric]:>{widths[name]}.2f}" if metric in col else f"{'-':>{widths[name]}}"
+            for name, col in columns.items()
+        ]
+        rows.append(f"{metric:<12}" + "".join(cells))
+    return rows
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    model: Retriever,
+    split: BenchmarkSplit,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    keep_rankings: int = 50,
+    chunk_size: int = 1024,
+) -> EvalResult:
+    """Embed, rank and score ``split`` with ``model`` under the split's protocol.
+
+    The gallery embeddings are cached in ``cache_dir`` (keyed by the model and dataset
+    fingerprints). ``keep_rankings`` top results per query are kept as gallery keys. Splits
+    whose queries carry no ground truth (hidden test sets) get rankings but no metrics.
+    """
+    _check_args(split, batch_size, keep_rankings)
+    index = gallery_index(split)
+    targets = _target_indices(split, index)
+    has_gt = bool(targets) and all(targets)
+    gallery_emb, hit = embed_gallery(model, split, batch_size, cache_dir, progress)
+    query_emb = embed_queries(model, split, batch_size, progress)
+    needs_depth = has_gt and any(m in split.metrics for m in ("recall", "map"))
+    depth = max(keep_rankings, *split.ks) if needs_depth else keep_rankings
+    ids = _rank(split, index, query_emb, gallery_emb, depth, chunk_size)
+    subsets, subset_ids = None, None
+    if "recall_subset" in split.metrics:
+        subsets, subset_ids = _subset_ranking(split, index, query_emb, gallery_emb, chunk_size)
+    metrics, per_group, group_mean = {}, {}, {}
+    if has_gt:
+        metrics, per_group, group_mean = _score(split, index, ids, targets, subsets, subset_ids)
+    else:
+        log.info("%s/%s has no ground truth: metrics skipped", split.benchmark, split.split)
+    return EvalResult(
+        benchmark=split.benchmark,
+        split=split.split,
+        metrics=metrics,
+        per_group=per_group,
+        group_mean=group_mean,
+        protocol=_protocol(split),
+        model_fingerprint=retriever_fingerprint(model),
+        dataset_fingerprint=dataset_fingerprint(split),
+        num_queries=len(split.queries),
+        num_gallery=len(split.gallery),
+        rankings=_rankings(split, ids, keep_rankings),
+        subset_rankings={} if subset_ids is None else _rankings(split, subset_ids, keep_rankings),
+        gallery_cache_hit=hit,
+    )
+
+
+def _check_args(split: BenchmarkSplit, batch_size: int, keep_rankings: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if keep_rankings < 0:
+        raise ValueError(f"keep_rankings must be >= 0, got {keep_rankings}")
+    if not split.gallery or not split.queries:
+        raise ValueError(
+            f"{split.benchmark}/{split.split} needs a non-empty gallery and query list, got "
+            f"{len(split.gallery)} gallery images and {len(split.queries)} queries"
+        )
+    unknown = sorted(set(split.metrics) - set(METRIC_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown metric families {unknown}; expected any of {METRIC_FAMILIES}")
+    ids = [q.id for q in split.queries]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{split.benchmark}/{split.split} has duplicate query ids")
+
+
+def gallery_index(split: BenchmarkSplit) -> dict[str, int]:
+    """Map gallery key → row; duplicate keys are an adapter bug."""
+    index = {key: i for i, key in enumerate(split.gallery)}
+    if len(index) != len(split.gallery):
+        raise ValueError(f"{split.benchmark}/{split.split} gallery has duplicate image keys")
+    return index
+
+
+def _indices(keys: Sequence[str], index: dict[str, int], query: CIRQuery, what: str) -> list:
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise ValueError(
+            f"query {query.id!r}: {what} key {missing[0]!r} is not in the split gallery; "
+            "expected every target/subset/per-query gallery key to be a gallery image"
+        )
+    return [index[k] for k in keys]
+
+
+def _target_indices(split: BenchmarkSplit, index: dict[str, int]) -> list[list[int]]:
+    """Ground-truth gallery rows per query; all queries have targets, or none."""
+    targets = [_indices(q.targets, index, q, "target") for q in split.queries]
+    empty = [q.id for q, t in zip(split.queries, targets, strict=True) if not t]
+    if empty and len(empty) != len(targets):
+        raise ValueError(
+            f"{len(empty)} of {len(targets)} queries have no targets (first: {empty[0]!r}); "
+            "expected ground truth for every query, or for none (hidden test split)"
+        )
+    return targets
+
+
+# ----------------------------------------------------------------------------- embedding
+
+
+def dataset_fingerprint(split: BenchmarkSplit) -> str:
+    """Hash of benchmark, split, gallery keys and size+mtime of ``split.fingerprint_files``."""
+    h = hashlib.sha256(f"{split.benchmark}\0{split.split}\0{len(split.gallery)}\0".encode())
+    for key in split.gallery:
+        h.update(key.encode() + b"\0")
+    for name in split.fingerprint_files:
+        try:
+            st = os.stat(name)
+            h.update(f"{os.path.abspath(name)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        except OSError:
+            log.warning("fingerprint file %s is missing; cache key ignores it", name)
+            h.update(f"{os.path.abspath(name)}\0missing\0".encode())
+    return h.hexdigest()[:16]
+
+
+def gallery_cache_path(model: Retriever, split: BenchmarkSplit, cache_dir: str | Path) -> Path:
+    """Where the gallery embeddings of ``model`` on ``split`` are cached."""
+    key = f"{retriever_fingerprint(model)}\0{dataset_fingerprint(split)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{split.benchmark}-{split.split}")
+    return Path(cache_dir) / f"{stem}-{digest}.npy"
+
+
+def embed_gallery(
+    model: Retriever,
+    split: BenchmarkSplit,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, bool]:
+    """``[G, D]`` gallery embeddings and whether they came from the cache.
+
+    Only models with a ``fingerprint()`` are cached: a class name alone cannot tell two
+    checkpoints apart, and a stale cache would silently give wrong numbers.
+    """
+    path = None
+    if cache_dir is not None and callable(getattr(model, "fingerprint", None)):
+        path = gallery_cache_path(model, split, cache_dir)
+    elif cache_dir is not None:
+        log.warning("%s has no fingerprint(): gallery embeddings not cached", type(model).__name__)
+    cached = _load_cache(path, len(split.gallery)) if path is not None else None
+    if cached is not None:
+        log.info("gallery embeddings from cache %s", path)
+        return cached, True
+    batches = _batches(split.gallery, batch_size, progress, f"{split.benchmark} gallery")
+    emb = _encode(
+        model, lambda keys: model.encode_target([split.load_image(k) for k in keys]), batches
+    )
+    if path is not None:
+        _atomic_write(path, lambda f: np.save(f, emb.numpy()))
+        log.info("gallery embeddings cached at %s", path)
+    return emb, False
+
+
+def embed_queries(
+    model: Retriever, split: BenchmarkSplit, batch_size: int = 32, progress: bool = True
+) -> torch.Tensor:
+    """``[Q, D]`` query embeddings from reference images and modification texts."""
+
+    def encode(queries: Sequence[CIRQuery]) -> torch.Tensor:
+        images = [split.load_image(q.reference) for q in queries]
+        return model.encode_query(images, [q.text for q in queries])
+
+    batches = _batches(split.queries, batch_size, progress, f"{split.benchmark} queries")
+    return _encode(model, encode, batches)
+
+
+def _batches(items: Sequence, batch_size: int, progress: bool, desc: str):
+    with tqdm(total=len(items), desc=desc, unit="item", disable=not progress) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            yield batch
+            bar.update(len(batch))
+
+
+def _encode(model: Any, encode, batches) -> torch.Tensor:
+    """Run ``encode`` over ``batches`` in eval mode without grad; check and stack outputs."""
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        chunks = []
+        with torch.no_grad():
+            for batch in batches:
+                chunks.append(_check_output(encode(batch), len(batch), chunks))
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(chunks)
+
+
+def _check_output(out: Any, n: int, previous: list[torch.Tensor]) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model returned {shape} for a batch of {n}; expected a [{n}, D] tensor")
+    if previous and out.shape[1] != previous[0].shape[1]:
+        raise ValueError(
+            f"model embedding size changed from {previous[0].shape[1]} to {out.shape[1]}"
+        )
+    return out.detach().to(device="cpu", dtype=torch.float32)
+
+
+def _load_cache(path: Path, n_gallery: int) -> torch.Tensor | None:
+    if not path.exists():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        log.warning("ignoring unreadable gallery cache %s: %s", path, err)
+        return None
+    if arr.ndim != 2 or arr.shape[0] != n_gallery:
+        log.warning(
+            "ignoring gallery cache %s: shape %s, expected %d rows", path, arr.shape, n_gallery
+        )
+        return None
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same folder and ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def _rank(split, index, query_emb, gallery_emb, depth, chunk_size) -> torch.Tensor:
+    """``[Q, depth]`` gallery rows under the split's exclusion and per-query gallery rules."""
+    if depth == 0:
+        return torch.zeros(len(split.queries), 0, dtype=torch.long)
+    ids, _ = rank_gallery(
+        query_emb,
+        gallery_emb,
+        depth,
+        exclude=_reference_exclusions(split, index) if split.exclude_reference else None,
+        candidates=_per_query_galleries(split, index),
+        chunk_size=chunk_size,
+    )
+    return ids
+
+
+def _reference_exclusions(split: BenchmarkSplit, index: dict[str, int]) -> list[list[int]]:
+    return [[index[q.reference]] if q.reference in index else [] for q in split.queries]
+
+
+def _per_query_galleries(split: BenchmarkSplit, index: dict[str, int]) -> list[list[int]] | None:
+    have = [q.gallery is not None for q in split.queries]
+    if not any(have):
+        return None
+    if not all(have):
+        raise ValueError(
+            f"{have.count(False)} queries lack a per-query gallery while others have one; "
+            "expected CIRQuery.gallery on every query or on none"
+        )
+    return _key_lists_to_rows(split, index, "gallery")
+
+
+def _key_lists_to_rows(split: BenchmarkSplit, index: dict[str, int], attr: str) -> list:
+    """Gallery rows of each query's ``gallery`` or ``subset`` keys.
+
+    A list shared by many queries (a FashionIQ category gallery) is looked up only once.
+    """
+    cache: dict[tuple[str, ...], np.ndarray] = {}
+    out = []
+    for q in split.queries:
+        keys = tuple(getattr(q, attr))
+        if keys not in cache:
+            cache[keys] = np.asarray(_indices(keys, index, q, attr), dtype=np.int64)
+        out.append(cache[keys])
+    return out
+
+
+def _subset_ranking(split, index, query_emb, gallery_emb, chunk_size) -> tuple[list, torch.Tensor]:
+    """CIRR subsets: rank only among each query's subset members minus its reference."""
+    missing = [q.id for q in split.queries if q.subset is None]
+    if missing:
+        raise ValueError(f"recall_subset needs CIRQuery.subset; query {missing[0]!r} has none")
+    subsets = _key_lists_to_rows(split, index, "subset")
+    ids, _ = rank_gallery(
+        query_emb,
+        gallery_emb,
+        max([*split.subset_ks, *(len(s) for s in subsets)]),
+        exclude=_reference_exclusions(split, index),
+        candidates=subsets,
+        chunk_size=chunk_size,
+    )
+    return subsets, ids
+
+
+def _rankings(split: BenchmarkSplit, ids: torch.Tensor, keep: int) -> dict[str, list[str]]:
+    rows = ids[:, :keep].tolist()
+    return {
+        q.id: [split.gallery[j] for j in row if j >= 0]
+        for q, row in zip(split.queries, rows, strict=True)
+    }
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _score(split, index, ids, targets, subsets, subset_ids) -> tuple:
+    """Overall metrics, metrics per group and the mean of the groups."""
+    refs = [index.get(q.reference, -1) for q in split.queries]
+
+    def metrics_for(rows: list[int]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        t = [targets[i] for i in rows]
+        if "recall" in split.metrics:
+            out |= {f"R@{k}": v for k, v in recall_at_k(ids[rows], t, split.ks).items()}
+        if subsets is not None:
+            s, r = [subsets[i] for i in rows], [refs[i] for i in rows]
+            sub = recall_subset_at_k(subset_ids[rows], t, s, split.subset_ks, r)
+            out |= {f"R_subset@{k}": v for k, v in sub.items()}
+        if "map" in split.metrics:
+            out |= {f"mAP@{k}": v for k, v in map_at_k(ids[rows], t, split.ks).items()}
+        if "R@5" in out and "R_subset@1" in out:
+            out["R_avg"] = (out["R@5"] + out["R_subset@1"]) / 2
+        return out
+
+    overall = metrics_for(list(range(len(split.queries))))
+    if split.group is None:
+        return overall, {}, {}
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(split.queries):
+        groups.setdefault(str(split.group(q)), []).append(i)
+    per_group = {name: metrics_for(groups[name]) for name in sorted(groups)}
+    mean = {m: float(np.mean([g[m] for g in per_group.values()])) for m in overall}
+    return overall, per_group, mean
+
+
+def _protocol(split: BenchmarkSplit) -> dict[str, Any]:
+    """The adapter's switches plus the evaluator's own (which win on a clash)."""
+    switches: dict[str, Any] = {
+        "exclude_reference": split.exclude_reference,
+        "per_query_gallery": any(q.gallery is not None for q in split.queries),
+        "metrics": list(split.metrics),
+        "ks": list(split.ks),
+        "ties": "lower gallery index first",
+    }
+    if "recall_subset" in split.metrics:
+        switches["subset_ks"] = list(split.subset_ks)
+        switches["subset_excludes_reference"] = True
+    for key, value in switches.items():
+        if key in split.protocol and split.protocol[key] != value:
+            log.warning(
+                "protocol %s=%r overridden by evaluator: %r", key, split.protocol[key], value
+            )
+    return {**split.protocol, **switches}

@@ -1,0 +1,156 @@
+"""Training configuration: frozen dataclasses, YAML recipes and ``key.sub=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("pretrain", "cir", "combiner")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training examples come from.
+
+    ``pretrain`` reads image–caption pairs from ``pairs`` (a collection manifest with a
+    caption field). ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and
+    ``labelled`` (annotated), mixed so a fraction ``labelled_ratio`` of every batch is
+    labelled — the semi-supervised setting of seed 001. ``max_triplets`` caps the generated
+    set (the data-scaling curve).
+    """
+
+    triplets: tuple[str, ...] = ()
+    labelled: tuple[str, ...] = ()
+    labelled_ratio: float = 0.0
+    max_triplets: int | None = None
+    pairs: str | None = None
+    caption_field: str = "alt_text"
+    split: str | None = "train"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.labelled_ratio <= 1.0:
+            raise ValueError(f"data.labelled_ratio must be in [0, 1], got {self.labelled_ratio}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay (the paper: AdamW, weight decay 0.1)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    ``model`` is a registry name; ``pretrained`` the backbone weights (hub id or directory);
+    ``init`` an OpenCIR checkpoint to start from (e.g. the CIR-trained model for the combiner
+    stage); ``text_init`` the pretrained text encoder of a ``dual`` backbone for pretraining.
+    """
+
+    stage: str
+    model: str
+    out_dir: str
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    temperature: float = 0.07
+    pretrained: str | None = None
+    init: str | None = None
+    text_init: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto/fp32/bf16, got {self.precision!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Instantiate a config dataclass from a dict, naming unknown keys and their location."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; expected some of {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        nested = (
+            {"data": DataConfig, "optim": OptimConfig}.get(name) if cls is TrainConfig else None
+        )
+        if nested is not None and isinstance(value, dict):
+            value = _build(nested, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (values parsed as YAML) to a nested dict copy."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value or key.sub=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def config_from_dict(data: dict[str, Any], where: str = "recipe") -> TrainConfig:
+    return _build(TrainConfig, data, where)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe (one stage) and apply CLI overrides; paths are relative to the cwd."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping, got {type(data).__name__}")
+    return config_from_dict(apply_overrides(data, overrides or []), where=str(path))

@@ -1,0 +1,148 @@
+"""Training examples: triplets (with a labelled/generated mixture) and image–caption pairs.
+
+Datasets return raw PIL images and strings; :class:`Collate` turns a list of them into model
+inputs (pixels + token ids), so preprocessing runs in DataLoader workers. Batch order is a
+pure function of ``(seed, step)``, which is what makes ``--resume`` reproduce the loss curve.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+ImageLoader = Callable[[str], Image.Image]
+
+
+@dataclass(frozen=True)
+class TripletExample:
+    reference: str
+    text: str
+    target: str
+
+
+class TripletDataset(Dataset):
+    """Triplets whose image keys are resolved by ``load_image``."""
+
+    def __init__(self, triplets: Sequence[TripletExample], load_image: ImageLoader) -> None:
+        if not triplets:
+            raise ValueError("TripletDataset got no triplets: check the data.triplets files")
+        self.triplets, self.load_image = list(triplets), load_image
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.triplets[index]
+        return {
+            "reference": self.load_image(row.reference),
+            "text": row.text,
+            "target": self.load_image(row.target),
+        }
+
+
+class PairDataset(Dataset):
+    """Image–caption pairs for the image–text pretraining stage."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], load_image: ImageLoader) -> None:
+        if not pairs:
+            raise ValueError("PairDataset got no image–caption pairs: check data.pairs")
+        self.pairs, self.load_image = list(pairs), load_image
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key, caption = self.pairs[index]
+        return {"image": self.load_image(key), "text": caption}
+
+
+class MixtureSampler(Sampler[int]):
+    """Deterministic, resumable batches over ``[generated..., labelled...]`` concatenated.
+
+    Each global batch takes ``round(ratio·B)`` labelled and the rest generated examples,
+    each source cycling through its own seeded permutation epoch after epoch. ``start_step``
+    skips batches already consumed, so a resumed run sees exactly the same batches.
+    The examples of a global batch are split across ranks by ``rank::world``.
+    """
+
+    def __init__(
+        self,
+        n_generated: int,
+        n_labelled: int,
+        batch_size: int,
+        ratio: float,
+        seed: int,
+        total_batches: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.n_labelled_per_batch = round(ratio * batch_size) if n_labelled else 0
+        if n_generated == 0 and self.n_labelled_per_batch < batch_size:
+            raise ValueError(
+                "no generated triplets but labelled_ratio < 1: nothing to fill batches"
+            )
+        self.sizes = (n_generated, n_labelled)
+        self.batch_size, self.seed = batch_size, seed
+        self.total, self.start = total_batches, start_batch
+        self.rank, self.world = rank, world
+
+    def _stream(self, source: int, per_batch: int, offset: int) -> Iterator[int]:
+        """Indices of one source, consumed ``per_batch`` per batch, from batch ``self.start``."""
+        size = self.sizes[source]
+        position = self.start * per_batch
+        epoch, within = divmod(position, size) if size else (0, 0)
+        while True:
+            order = list(range(size))
+            random.Random(f"{self.seed}-{source}-{epoch}").shuffle(order)
+            for index in order[within:]:
+                yield offset + index
+            epoch, within = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[int]:
+        labelled_n = self.n_labelled_per_batch
+        generated_n = self.batch_size - labelled_n
+        generated = self._stream(0, generated_n, 0) if generated_n else iter(())
+        labelled = self._stream(1, labelled_n, self.sizes[0]) if labelled_n else iter(())
+        for _ in range(self.start, self.total):
+            batch = [next(generated) for _ in range(generated_n)]
+            batch += [next(labelled) for _ in range(labelled_n)]
+            yield from batch[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return (self.total - self.start) * math.ceil(self.batch_size / self.world)
+
+
+class Collate:
+    """List of examples → model inputs; picklable so it runs inside DataLoader workers."""
+
+    def __init__(self, preprocess: Callable, tokenizer: Callable[[Sequence[str]], dict]) -> None:
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        for field in ("reference", "target", "image"):
+            if field in examples[0]:
+                batch[field] = self.preprocess([e[field] for e in examples])
+        batch["tokens"] = self.tokenizer([e["text"] for e in examples])
+        return batch
+
+
+def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a (nested) batch dict to ``device``."""
+    moved: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            moved[key] = value.to(device, non_blocking=True)
+        elif isinstance(value, dict):
+            moved[key] = move_to(value, device)
+        else:
+            moved[key] = value
+    return moved

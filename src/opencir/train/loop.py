@@ -1,0 +1,336 @@
+"""The trainer loop shared by every stage.
+
+Deterministic (seeded data order and RNG), resumable from atomic checkpoints, DDP-aware,
+guarded against NaN/inf, logging to CSV and TensorBoard with a progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from opencir.train.checkpointing import (
+    find_checkpoint,
+    load_training_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
+)
+from opencir.train.config import TrainConfig
+from opencir.train.data import Collate, MixtureSampler, move_to
+from opencir.train.distributed import DistContext, init_distributed, shutdown
+from opencir.train.sources import build_dataset
+from opencir.train.tasks import StepModule, Task, make_task
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    final: Path | None
+    losses: list[float]
+    steps_done: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """fp32 on CPU; bf16 autocast on GPU (``precision: auto``)."""
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases, norms and scalars; fused kernels when available."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs = {"lr": config.optim.lr, "betas": config.optim.betas, "eps": config.optim.eps}
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` (or constant)."""
+    optim = config.optim
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = (step - optim.warmup_steps) / max(1, config.steps - optim.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine
+
+
+class MetricLog:
+    """``metrics.csv`` (rewritten up to the resume step) and optional TensorBoard."""
+
+    FIELDS = ("step", "loss", "lr", "samples_per_s", "elapsed_s")
+
+    def __init__(self, out_dir: Path, start_step: int, tensorboard: bool) -> None:
+        self.path = out_dir / "metrics.csv"
+        kept = self._rows_before(start_step)
+        self.handle = self.path.open("w", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(kept)
+        self.board = _summary_writer(out_dir / "tensorboard") if tensorboard else None
+
+    def _rows_before(self, step: int) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as handle:
+            return [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+
+    def write(self, row: dict[str, float]) -> None:
+        self.writer.writerow(row)
+        self.handle.flush()
+        if self.board is not None:
+            for key in ("loss", "lr", "samples_per_s"):
+                self.board.add_scalar(f"train/{key}", row[key], int(row["step"]))
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _summary_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed; logging to metrics.csv only")
+        return None
+    return SummaryWriter(str(path))
+
+
+class Trainer:
+    """Holds the pieces of one run; :meth:`run` performs the optimisation steps."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(config.out_dir)
+        self.device = resolve_device(config.device)
+        self.ctx: DistContext = init_distributed(self.device)
+        _seed_everything(config.seed + self.ctx.rank)
+        self.task: Task = make_task(config)
+        self.model = self.task.model.to(self.device).train()
+        self.model.set_gradient_checkpointing(config.grad_checkpointing)
+        self.params = self._freeze_all_but(self.task.trainable_parameters())
+        self.optimizer = build_optimizer(self.params, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, config)
+        )
+        self.step = 0
+        if resume:
+            self._resume(resume)
+        self.step_module = self._wrap(StepModule(self.task))
+
+    def _freeze_all_but(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        wanted = {id(p) for p in params}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in wanted)
+        return params
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not self.ctx.enabled:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def _resume(self, which: str) -> None:
+        path = find_checkpoint(self.out_dir / "checkpoints", which)
+        state = load_training_checkpoint(path, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][min(self.ctx.rank, len(state["rng"]) - 1)])
+        self.step = state["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _loader(self) -> Iterator[dict[str, Any]]:
+        config, ctx = self.config, self.ctx
+        dataset, n_generated, n_labelled = build_dataset(config)
+        micro_batches = config.steps * config.grad_accum
+        sampler = MixtureSampler(
+            n_generated,
+            n_labelled,
+            config.batch_size,
+            config.data.labelled_ratio,
+            config.seed,
+            total_batches=micro_batches,
+            start_batch=self.step * config.grad_accum,
+            rank=ctx.rank,
+            world=ctx.world_size,
+        )
+        collate = Collate(self.model.image_preprocessor(), self.model.text_tokenizer())
+        per_rank = math.ceil(config.batch_size / ctx.world_size)
+        return iter(
+            DataLoader(
+                dataset,
+                batch_size=per_rank,
+                sampler=sampler,
+                collate_fn=collate,
+                num_workers=config.data.workers,
+                drop_last=True,
+                persistent_workers=config.data.workers > 0,
+            )
+        )
+
+    def _micro_step(self, batch: dict[str, Any], sync: bool) -> float:
+        no_sync = getattr(self.step_module, "no_sync", None)
+        context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with context, _autocast(self.config, self.device):
+            outputs = self.step_module(move_to(batch, self.device))
+            loss = self.task.loss(tuple(o.float() for o in outputs), self.ctx)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr, "
+                f"a larger temperature, or resume from an earlier checkpoint in "
+                f"{self.out_dir / 'checkpoints'}"
+            )
+        (loss / self.config.grad_accum).backward()
+        return loss.item()
+
+    def _optimizer_step(self) -> None:
+        if self.config.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.task.after_step()
+        self.step += 1
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state (rank r resumes with entry r)."""
+        if not self.ctx.enabled:
+            return [rng_state()]
+        states: list[Any] = [None] * self.ctx.world_size
+        torch.distributed.all_gather_object(states, rng_state())
+        return states
+
+    def _save(self) -> None:
+        rng = self._rng_states()
+        if self.ctx.is_main:
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng,
+                "config": self.config.to_dict(),
+            }
+            keep = self.config.keep_checkpoints
+            save_training_checkpoint(
+                self.out_dir / "checkpoints", self.step, self.model, state, keep
+            )
+        if self.ctx.enabled:
+            torch.distributed.barrier()
+
+    def run(self, stop_at: int | None = None, progress: bool = True) -> TrainResult:
+        """Train until ``config.steps`` (or ``stop_at``, to split a run into chunks)."""
+        config = self.config
+        end = min(config.steps, stop_at or config.steps)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.ctx.is_main:
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+        metrics = (
+            MetricLog(self.out_dir, self.step, config.tensorboard) if self.ctx.is_main else None
+        )
+        batches = self._loader()
+        losses: list[float] = []
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            disable=not (progress and self.ctx.is_main),
+            desc=f"train:{config.stage}",
+            unit="step",
+        )
+        started, samples = time.perf_counter(), 0
+        try:
+            while self.step < end:
+                loss = (
+                    sum(
+                        self._micro_step(next(batches), sync=i == config.grad_accum - 1)
+                        for i in range(config.grad_accum)
+                    )
+                    / config.grad_accum
+                )
+                self._optimizer_step()
+                losses.append(loss)
+                samples += config.batch_size * config.grad_accum
+                rate = samples / max(1e-9, time.perf_counter() - started)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
+                if metrics is not None and (self.step % config.log_every == 0 or self.step == end):
+                    metrics.write(
+                        {
+                            "step": self.step,
+                            "loss": loss,
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "samples_per_s": rate,
+                            "elapsed_s": time.perf_counter() - started,
+                        }
+                    )
+                if self.step % config.checkpoint_every == 0 or self.step == end:
+                    self._save()
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        final = None
+        if self.step >= config.steps and self.ctx.is_main:
+            final = self.task.export(self.out_dir)
+        return TrainResult(self.out_dir, final, losses, self.step)
+
+
+def train(
+    config: TrainConfig,
+    resume: str | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run one training stage end to end (see :class:`TrainConfig`)."""
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.run(stop_at=stop_at, progress=progress)
+    finally:
+        shutdown(trainer.ctx)
+
+
+__all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "train"]

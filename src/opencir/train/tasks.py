@@ -1,0 +1,193 @@
+"""The three training stages as small task objects the one trainer loop drives.
+
+A task builds its model, names the parameters it trains, computes embeddings inside the
+(DDP-wrapped) step module, turns them into a loss, and exports the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import opencir
+from opencir.models.base import CIRModel
+from opencir.models.checkpoint import is_checkpoint
+from opencir.models.loading import resolve_source
+from opencir.train.config import TrainConfig
+from opencir.train.distributed import DistContext, gather_with_grad
+from opencir.train.losses import batch_contrastive_loss, clip_loss
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: TrainConfig) -> CIRModel:
+    """Start from an OpenCIR checkpoint (``init``) or a registry name (+ backbone weights)."""
+    if config.init:
+        if not is_checkpoint(config.init):
+            raise FileNotFoundError(f"init={config.init!r} is not an OpenCIR checkpoint directory")
+        return opencir.load(config.init)
+    model = opencir.create_model(
+        config.model, pretrained=config.pretrained, **config.model_overrides
+    )
+    if config.text_init:
+        load_text_encoder(model, config.text_init)
+    return model
+
+
+def load_text_encoder(model: CIRModel, source: str) -> None:
+    """Put pretrained text-encoder weights and tokenizer into a ``dual`` backbone."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tower = getattr(model, "tower", None)
+    if tower is None or tower.family != "dual":
+        raise ValueError("text_init only applies to models on a 'dual' backbone")
+    location, _ = resolve_source(source)
+    text = AutoModel.from_pretrained(location, local_files_only=True, add_pooling_layer=False)
+    missing = tower.hf.text_model.load_state_dict(text.state_dict(), strict=False)
+    if missing.missing_keys and any("pooler" not in k for k in missing.missing_keys):
+        raise ValueError(f"text_init {source!r} does not fit the text tower: {missing}")
+    model.tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+    log.info("text encoder initialised from %s", source)
+
+
+class Task:
+    """Base class: the model, what it trains, and the per-step computation."""
+
+    def __init__(self, config: TrainConfig, model: CIRModel) -> None:
+        self.config, self.model = config, model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (EMA updates live here)."""
+
+    def export(self, out_dir: Path) -> Path:
+        return self.model.save(out_dir / "final")
+
+
+class PretrainTask(Task):
+    """Image–text contrastive pretraining of the backbone (the CLIP objective)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        tower = self.model.tower
+        unused = {id(p) for p in tower.unused_parameters()}
+        return [p for p in tower.parameters() if id(p) not in unused]
+
+    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        tower = self.model.tower
+        images = nn.functional.normalize(tower.encode_image(batch["image"]), dim=-1)
+        tokens = batch["tokens"]
+        texts = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
+        return images, nn.functional.normalize(texts, dim=-1)
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
+        images, texts = outputs
+        offset = ctx.rank * images.shape[0]
+        all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
+        scale = self.model.tower.hf.logit_scale
+        return clip_loss(images, texts, all_images, all_texts, scale, offset)
+
+    def export(self, out_dir: Path) -> Path:
+        """The OpenCIR checkpoint plus a Hugging Face backbone dir usable as ``pretrained=``."""
+        final = self.model.save(out_dir / "final")
+        save_backbone(self.model, out_dir / "backbone")
+        return final
+
+
+def save_backbone(model: CIRModel, directory: Path) -> None:
+    """Write the tower as a ``save_pretrained`` directory with tokenizer and preprocessing."""
+    model.tower.hf.save_pretrained(directory)
+    model.tokenizer.save_pretrained(directory)
+    pre = model.config.backbone.preprocess
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": {"height": pre.size, "width": pre.size},
+                "size": {"shortest_edge": pre.size},
+                "do_center_crop": pre.resize == "shortest_edge",
+                "image_mean": list(pre.mean),
+                "image_std": list(pre.std),
+                "resample": {"bicubic": 3, "bilinear": 2, "nearest": 0}[pre.resample],
+            },
+            indent=2,
+        )
+    )
+
+
+class CIRTask(Task):
+    """Composed-retrieval training (S1 §II-C, or a baseline with parameters)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = self.model.cir_trainable_parameters()
+        if not params:
+            raise ValueError(
+                f"model {self.model.config.name!r} has no trainable CIR parameters "
+                "(image-only/text-only/sum are zero-shot baselines)"
+            )
+        return params
+
+    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = self.model.forward_query(batch["reference"], batch["tokens"])
+        targets = self.model.forward_target(batch["target"])
+        return queries, targets
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
+        queries, targets = outputs
+        all_targets = gather_with_grad(targets, ctx)
+        offset = ctx.rank * queries.shape[0]
+        return batch_contrastive_loss(queries, all_targets, self.config.temperature, offset)
+
+    def after_step(self) -> None:
+        ema_update = getattr(self.model, "ema_update", None)
+        if ema_update is not None:
+            ema_update()
+
+
+class CombinerTask(CIRTask):
+    """Eq. 3: fine-tune only λ with the same loss, everything else frozen."""
+
+    def __init__(self, config: TrainConfig, model: CIRModel) -> None:
+        enable = getattr(model, "enable_combiner", None)
+        if enable is None:
+            raise ValueError(
+                f"the combiner stage needs an InstructCIR model, got {model.config.name}"
+            )
+        enable()
+        super().__init__(config, model)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.model.combiner_parameters()
+
+    def after_step(self) -> None:
+        """The backbone is frozen, so the EMA target does not move."""
+
+
+TASKS: dict[str, type[Task]] = {"pretrain": PretrainTask, "cir": CIRTask, "combiner": CombinerTask}
+
+
+def make_task(config: TrainConfig) -> Task:
+    return TASKS[config.stage](config, build_model(config))
+
+
+class StepModule(nn.Module):
+    """What DDP wraps: one forward computing the task's embeddings for a batch."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task = task
+        self.model = task.model
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.task.embeddings(batch)
