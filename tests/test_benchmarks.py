@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_benchmarks import (
+from opencir.eval.benchmarks import (
+    BENCHMARKS,
+    MalformedDatasetFileError,
+    MissingDatasetFileError,
+    list_benchmarks,
+    load_benchmark,
+)
+from opencir.eval.benchmarks.circo import TEMPLATE_WITH_CONCEPT
+from opencir.eval.benchmarks.genecis import BoxCrop
+from tests.fixtures_benchmarks import (
     CIRCO_IDS,
     CIRCO_VAL,
     CIRR_MEMBERS,
@@ -26,15 +35,6 @@ from fixtures_benchmarks import (
     make_genecis,
     write_json,
 )
-from opencir.eval.benchmarks import (
-    BENCHMARKS,
-    MalformedDatasetFileError,
-    MissingDatasetFileError,
-    list_benchmarks,
-    load_benchmark,
-)
-from opencir.eval.benchmarks.circo import TEMPLATE_WITH_CONCEPT
-from opencir.eval.benchmarks.genecis import BoxCrop
 
 # ----------------------------------------------------------------------------- registry
 
