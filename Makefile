@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint setup system-deps clean
 
 # Debian packages used by the miniature worlds (emoji artwork) and the browser tests.
-DEB_PACKAGES := fonts-noto-color-emoji libfribidi0
+DEB_PACKAGES := fonts-noto-color-emoji libfribidi0 chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,43 +1,38 @@
-"""The end-to-end demo behind ``make demo``: the best complete path the toolkit offers."""
+"""The end-to-end demo behind ``make demo``: search a miniature-world gallery.
+
+Uses the shipped ShapesCIR checkpoint when the package carries one, else a tiny random
+model (the whole path still runs, the rankings are then meaningless and say so).
+"""
 
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw
-
-import opencir
+from opencir.models.checkpoint import is_checkpoint
 
 log = logging.getLogger(__name__)
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220)}
-SHAPES = ("circle", "square")
+SHIPPED_CHECKPOINT = "shapes-s1"
+FALLBACK_MODEL = "instructcir-tiny"
 
 
-def _render(colour: str, shape: str) -> Image.Image:
-    image = Image.new("RGB", (64, 64), "white")
-    draw = ImageDraw.Draw(image)
-    box = (14, 14, 50, 50)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
-    return image
+def shipped_checkpoint(name: str = SHIPPED_CHECKPOINT) -> Path | None:
+    """The directory of a checkpoint shipped inside the package, if present."""
+    path = Path(str(resources.files("opencir") / "assets" / "checkpoints" / name))
+    return path if is_checkpoint(path) else None
 
 
-def run_demo(serve: bool | None = None, workdir: str | Path = "runs/demo") -> int:
-    """Build a model, save and reload its checkpoint, embed a gallery, run composed queries."""
-    workdir = Path(workdir)
-    model = opencir.create_model("instructcir-tiny").eval()
-    model.save(workdir / "instructcir-tiny")
-    model = opencir.load(workdir / "instructcir-tiny")
-    keys = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-    gallery = model.encode_target([_render(*k.split()) for k in keys])
-    queries = [("red circle", "make it blue"), ("green square", "turn it into a circle")]
-    for reference, text in queries:
-        query = model.encode_query([_render(*reference.split())], [text])
-        scores = (query @ gallery.T)[0]
-        order = torch.argsort(scores, descending=True, stable=True)[:3]
-        ranked = ", ".join(f"{keys[i]} ({scores[i]:.3f})" for i in order)
-        print(f"[{reference}] + '{text}' -> {ranked}")
-    print(f"checkpoint written to {workdir / 'instructcir-tiny'} (untrained tiny model)")
-    return 0
+def run_demo(serve: bool = True, workdir: str | Path = "runs/demo", port: int = 8000) -> int:
+    """Index a ShapesCIR gallery, print composed-query results, then serve the search page."""
+    from opencir.serve.demo import run_world_search_demo
+
+    checkpoint = shipped_checkpoint()
+    if checkpoint is None:
+        log.warning(
+            "no shipped checkpoint found; using the untrained %s (results are random)",
+            FALLBACK_MODEL,
+        )
+    model = str(checkpoint) if checkpoint else FALLBACK_MODEL
+    return run_world_search_demo(model, Path(workdir), serve=serve, port=port)

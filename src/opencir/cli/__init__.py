@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "generate",
     "train",
     "eval",
+    "results",
     "index",
     "search",
     "serve",

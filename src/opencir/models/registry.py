@@ -119,17 +119,35 @@ def create_model(name: str, pretrained: str | bool | None = None, **overrides: A
 
 
 def load_model(spec: str, pretrained: str | None = None) -> CIRModel:
-    """A model from a checkpoint directory or a registry name (the CLI's ``--model``)."""
+    """The model a ``--model`` argument names, in eval mode.
+
+    ``DIR`` — an OpenCIR checkpoint written by ``model.save``; ``NAME@DIR`` — a registered
+    model with backbone weights from a ``save_pretrained`` directory (same as
+    ``pretrained=DIR``); ``NAME`` — a registered model (random weights unless
+    ``pretrained`` is given).
+    """
     from pathlib import Path
 
     from opencir.models.checkpoint import is_checkpoint, load
 
+    name, sep, directory = str(spec).partition("@")
+    if sep:
+        if pretrained is not None:
+            raise ValueError(f"model {spec!r} already names its weights; drop pretrained")
+        if not Path(directory).expanduser().is_dir():
+            raise ValueError(f"model {spec!r}: backbone weights folder {directory} does not exist")
+        return create_model(name, pretrained=str(Path(directory).expanduser().resolve())).eval()
     if is_checkpoint(spec):
-        return load(spec)
+        return load(spec).eval()
     if Path(spec).is_dir():
         raise ValueError(
             f"{spec} is a directory but not an OpenCIR checkpoint (no config.json with "
-            "format 'opencir-checkpoint'); for Hugging Face backbone weights pass a registry "
-            "name and the directory as pretrained, e.g. instructcir-vit-l-14 + pretrained=DIR"
+            "format 'opencir-checkpoint'); for Hugging Face backbone weights use NAME@DIR, "
+            "e.g. instructcir-vit-l-14@/models/clip-vit-large-patch14"
         )
-    return create_model(spec, pretrained=pretrained)
+    if "/" in spec or "\\" in spec:
+        raise ValueError(
+            f"model {spec!r} is neither a checkpoint folder (no such folder) nor a registered "
+            "model name; see `opencir models`"
+        )
+    return create_model(spec, pretrained=pretrained).eval()

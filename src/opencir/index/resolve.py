@@ -1,0 +1,36 @@
+"""Turn a ``--model`` argument into a model.
+
+Three spellings are accepted:
+
+* ``DIR`` — an OpenCIR checkpoint directory written by ``model.save`` → :func:`opencir.load`;
+* ``NAME@DIR`` — a registered model whose backbone weights come from a Hugging Face
+  ``save_pretrained`` directory (e.g. a real CLIP snapshot)
+  → ``create_model(NAME, pretrained=DIR)``;
+* ``NAME`` — a registered model name → ``create_model(NAME)`` (random weights unless the
+  backbone is pretrained; fine for tests, not for a real gallery).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opencir.models.base import CIRModel
+
+
+def canonical_spec(spec: str | Path) -> str:
+    """The spelling recorded in an index manifest: directories made absolute."""
+    text = str(spec)
+    name, sep, directory = text.partition("@")
+    if sep:
+        return f"{name}@{Path(directory).expanduser().resolve()}"
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.is_dir() else text
+
+
+def resolve_model(spec: str | Path) -> CIRModel:
+    """Build or load the model that ``spec`` names (see the module docstring)."""
+    from opencir.models import load_model
+
+    return load_model(str(spec))
