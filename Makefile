@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint setup system-deps clean
 
 # Debian packages used by the miniature worlds (emoji artwork) and the browser tests.
-DEB_PACKAGES := fonts-noto-color-emoji libfribidi0 chromium
+DEB_PACKAGES := fonts-noto-color-emoji libfribidi0 chromium build-essential cmake
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "$(TORCH_PIN)"
 	$(PIP) install --quiet -e ".[dev]" "$(TORCH_PIN)"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet -e ".[llm-test]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 setup: $(STAMP)

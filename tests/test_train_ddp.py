@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -60,7 +62,7 @@ def _grads(task) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, world: int, port: int, stage: str, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         task = _task(stage, tmp)
         module = nn.parallel.DistributedDataParallel(StepModule(task))
@@ -69,6 +71,7 @@ def _worker(rank: int, world: int, port: int, stage: str, tmp: str) -> None:
         loss.backward()
         if rank == 0:
             torch.save(_grads(task), os.path.join(tmp, "ddp_grads.pt"))
+        dist.barrier()  # leave together: a rank tearing down early can stall the other
     finally:
         dist.destroy_process_group()
 
@@ -95,7 +98,13 @@ def test_two_process_ddp_matches_single_process(stage: str, tmp_path) -> None:
     task.loss(StepModule(task)(interleaved), DistContext()).backward()
     expected = _grads(task)
 
-    mp.spawn(_worker, args=(2, _free_port(), stage, str(tmp_path)), nprocs=2, join=True)
+    context = mp.spawn(_worker, args=(2, _free_port(), stage, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-process DDP run did not finish within 180 s")
     got = torch.load(tmp_path / "ddp_grads.pt")
     assert set(got) == set(expected) and len(expected) > 10
     for name, grad in expected.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
@@ -39,7 +39,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay (the paper: AdamW, weight decay 0.1)."""
+    """AdamW with linear warmup then cosine decay (the paper: AdamW, weight decay 0.1).
+
+    ``lr_scale`` maps a parameter-name fragment to a learning-rate multiplier, e.g.
+    ``{text_model: 0.1}`` to move a pretrained text tower slower than a fresh image tower.
+    """
 
     lr: float = 1e-4
     weight_decay: float = 0.1
@@ -49,6 +53,7 @@ class OptimConfig:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -85,6 +90,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     grad_checkpointing: bool = False
+    freeze: tuple[str, ...] = ()
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -111,8 +117,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where}; expected some of {sorted(known)}")
+    hints = get_type_hints(cls)
     values = {}
     for name, value in data.items():
+        value = _coerce_number(hints[name], value, f"{where}.{name}")
         nested = (
             {"data": DataConfig, "optim": OptimConfig}.get(name) if cls is TrainConfig else None
         )
@@ -122,6 +130,16 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             value = tuple(value)
         values[name] = value
     return cls(**values)
+
+
+def _coerce_number(hint: Any, value: Any, where: str) -> Any:
+    """YAML reads ``3e-4`` as a string; numbers are parsed for numeric fields, clearly."""
+    if not isinstance(value, str) or not ({float, int} & set(get_args(hint) or (hint,))):
+        return value
+    try:
+        return int(value) if int in (get_args(hint) or (hint,)) else float(value)
+    except ValueError:
+        raise ValueError(f"{where} must be a number, got {value!r}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

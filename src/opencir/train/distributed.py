@@ -48,5 +48,7 @@ def gather_with_grad(tensor: torch.Tensor, context: DistContext) -> torch.Tensor
 
 
 def shutdown(context: DistContext) -> None:
+    """Leave the process group together (a rank tearing down early can stall the others)."""
     if context.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

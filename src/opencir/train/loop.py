@@ -72,19 +72,24 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases, norms and scalars; fused kernels when available."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+def build_optimizer(
+    named_params: list[tuple[str, nn.Parameter]], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases/norms/scalars; ``optim.lr_scale`` per name fragment."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in named_params:
+        scale = next((v for k, v in config.optim.lr_scale.items() if k in name), 1.0)
+        decay = config.optim.weight_decay if param.ndim >= 2 else 0.0
+        groups.setdefault((scale, decay), []).append(param)
+    param_groups = [
+        {"params": params, "lr": config.optim.lr * scale, "weight_decay": decay}
+        for (scale, decay), params in groups.items()
     ]
     kwargs = {"lr": config.optim.lr, "betas": config.optim.betas, "eps": config.optim.eps}
     try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(param_groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+        return torch.optim.AdamW(param_groups, foreach=True, **kwargs)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -154,7 +159,8 @@ class Trainer:
         self.model = self.task.model.to(self.device).train()
         self.model.set_gradient_checkpointing(config.grad_checkpointing)
         self.params = self._freeze_all_but(self.task.trainable_parameters())
-        self.optimizer = build_optimizer(self.params, config)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self.optimizer = build_optimizer([(names[id(p)], p) for p in self.params], config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config)
         )
@@ -164,6 +170,14 @@ class Trainer:
         self.step_module = self._wrap(StepModule(self.task))
 
     def _freeze_all_but(self, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        frozen = {
+            id(p)
+            for name, p in self.model.named_parameters()
+            if any(fragment in name for fragment in self.config.freeze)
+        }
+        params = [p for p in params if id(p) not in frozen]
+        if not params:
+            raise ValueError(f"freeze={list(self.config.freeze)} leaves nothing to train")
         wanted = {id(p) for p in params}
         for p in self.model.parameters():
             p.requires_grad_(id(p) in wanted)
@@ -210,6 +224,9 @@ class Trainer:
                 num_workers=config.data.workers,
                 drop_last=True,
                 persistent_workers=config.data.workers > 0,
+                # its own generator: creating the iterator must not draw from the global RNG,
+                # or a resumed run would see different dropout masks than an unbroken one
+                generator=torch.Generator().manual_seed(config.seed),
             )
         )
 

@@ -1,40 +1,45 @@
 """Open the data a training config names: image–caption pairs or triplet files.
 
 Generated and labelled triplets are concatenated as ``[generated..., labelled...]`` so the
-:class:`~opencir.train.data.MixtureSampler` can draw a fixed labelled share per batch.
+:class:`~opencir.train.data.MixtureSampler` can draw a fixed labelled share per batch. Each
+triplet file resolves its image keys through the collection its ``manifest.json`` records.
 """
 
 from __future__ import annotations
 
 from torch.utils.data import ConcatDataset, Dataset
 
+from opencir.data.collections import CollectionSpec, open_collection
+from opencir.data.triplets import open_triplets
 from opencir.train.config import TrainConfig
 from opencir.train.data import PairDataset, TripletDataset, TripletExample
 
 
 def _triplet_dataset(paths: tuple[str, ...], limit: int | None) -> TripletDataset | None:
-    from opencir.data.triplets import open_triplets
-
+    """The triplets of ``paths`` (the first ``limit`` of them), keys resolved per file."""
     if not paths:
         return None
     rows, load_image = open_triplets(list(paths))
-    examples = [TripletExample(r.reference, r.text, r.target) for r in rows]
-    return TripletDataset(examples[:limit] if limit else examples, load_image)
+    examples = [TripletExample(r.reference, r.text, r.target) for r in rows[:limit]]
+    return TripletDataset(examples, load_image)
 
 
 def _pair_dataset(config: TrainConfig) -> PairDataset:
-    from opencir.data.collections import open_collection
-
     data = config.data
     if not data.pairs:
         raise ValueError("the pretrain stage needs data.pairs (an image collection with captions)")
-    collection = open_collection(data.pairs)
+    where = (("split", data.split),) if data.split else ()
+    collection = open_collection(CollectionSpec(path=data.pairs, where=where))
     pairs = [
         (item.key, str(item.meta[data.caption_field]))
         for item in collection.items()
-        if (data.split is None or item.meta.get("split") == data.split)
-        and item.meta.get(data.caption_field)
+        if item.meta.get(data.caption_field)
     ]
+    if not pairs:
+        raise ValueError(
+            f"data.pairs {data.pairs!r} has no images with a {data.caption_field!r} caption"
+            + (f" in split {data.split!r}" if data.split else "")
+        )
     return PairDataset(pairs, collection.load)
 
 

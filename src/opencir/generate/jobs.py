@@ -1,0 +1,103 @@
+"""The units of work that flow between stages, and their outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from opencir.generate.client import Usage
+from opencir.generate.sampling import Pair
+
+STATUSES = ("ok", "failed", "rejected")
+NO_USAGE = Usage()
+
+
+@dataclass
+class ImageJob:
+    """One image of a shard: loaded (``image``, content ``sha``) or failed (``error``)."""
+
+    key: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    sha: str | None = None
+    image: Image.Image | None = None
+    error: str | None = None
+
+
+@dataclass
+class PairJob:
+    """A pair to write a change for, with its two images and (when needed) captions."""
+
+    pair: Pair
+    reference: ImageJob
+    target: ImageJob
+    reference_caption: str | None = None
+    target_caption: str | None = None
+
+    @property
+    def captions(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.reference_caption, self.target_caption) if c)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a stage made of one item: ``ok`` text, or ``failed``/``rejected`` with a reason."""
+
+    status: str
+    text: str | None = None
+    reason: str | None = None
+    detail: str = ""
+    usage: Usage = NO_USAGE
+    attempts: int = 0
+    cached: bool = False
+
+    @classmethod
+    def ok(cls, text: str, usage: Usage = NO_USAGE, attempts: int = 1) -> Outcome:
+        return cls("ok", text, None, "", usage, attempts)
+
+    @classmethod
+    def failed(
+        cls, reason: str, detail: str = "", usage: Usage = NO_USAGE, attempts: int = 0
+    ) -> Outcome:
+        return cls("failed", None, reason, detail, usage, attempts)
+
+    @classmethod
+    def rejected(
+        cls, reason: str, detail: str = "", usage: Usage = NO_USAGE, attempts: int = 1
+    ) -> Outcome:
+        return cls("rejected", None, reason, detail, usage, attempts)
+
+    def to_cache(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "text": self.text,
+            "reason": self.reason,
+            "detail": self.detail,
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_cache(cls, data: Mapping[str, Any]) -> Outcome:
+        return cls(
+            data["status"],
+            data.get("text"),
+            data.get("reason"),
+            data.get("detail", ""),
+            Usage(),
+            int(data.get("attempts", 0)),
+            cached=True,
+        )
+
+
+def content_hash(data: bytes) -> str:
+    """Content identity of an image file (cache keys, provenance)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def stable_seed(*parts: Any) -> int:
+    """A per-item request seed from stable parts (same pair, same seed → same request)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF

@@ -1,0 +1,190 @@
+"""The trainer: every stage runs, resumes on the identical loss curve, survives a bad save."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import opencir
+from opencir.data.collections import CollectionSpec
+from opencir.data.triplets import Triplet, write_manifest, write_triplets
+from opencir.data.worlds import generate_shapes_world
+from opencir.train import (
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    TrainingDivergedError,
+    checkpointing,
+    train,
+)
+from opencir.train.config import load_recipe
+from opencir.train.data import MixtureSampler
+from opencir.train.loop import lr_factor
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world") / "shapes"
+    generate_shapes_world(
+        root, n_train=40, n_test=40, n_queries=6, image_size=32, progress=False, n_val_queries=4
+    )
+    return root
+
+
+def _triplets(world: Path, folder: Path, texts: str = "make it {}") -> Path:
+    rows = [json.loads(line) for line in (world / "images.jsonl").read_text().splitlines()]
+    train_ids = [r["id"] for r in rows if r["split"] == "train"]
+    pairs = zip(train_ids, train_ids[1:] + train_ids[:1], strict=True)
+    triplets = [Triplet(f"t{i}", a, b, texts.format(i)) for i, (a, b) in enumerate(pairs)]
+    write_triplets(triplets, folder / "triplets.jsonl")
+    write_manifest(folder, CollectionSpec(path=str(world / "images.jsonl")).to_dict())
+    return folder
+
+
+def _config(tmp: Path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        stage="cir", model="instructcir-dual-tiny", out_dir=str(tmp / "run"), steps=4,
+        batch_size=4, checkpoint_every=2, log_every=1, tensorboard=False,
+        optim=OptimConfig(lr=1e-3, warmup_steps=1),
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)
+
+
+def test_every_stage_runs_and_exports(world: Path, tmp_path: Path) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    pre = train(
+        _config(tmp_path, stage="pretrain", model="sum-dual-tiny", out_dir=str(tmp_path / "pre"),
+                steps=2, data=DataConfig(pairs=str(world / "images.jsonl"))),
+        progress=False,
+    )  # fmt: skip
+    assert (tmp_path / "pre" / "backbone" / "config.json").is_file()
+    backbone = str(tmp_path / "pre" / "backbone")
+    s1 = train(_config(tmp_path, out_dir=str(tmp_path / "s1"), steps=2, pretrained=backbone,
+                       data=data), progress=False)  # fmt: skip
+    combiner = train(
+        _config(tmp_path, stage="combiner", init=str(s1.final), out_dir=str(tmp_path / "comb"),
+                steps=2, data=data),
+        progress=False,
+    )  # fmt: skip
+    baseline = train(_config(tmp_path, model="combiner-dual-tiny", out_dir=str(tmp_path / "cb"),
+                             steps=2, pretrained=backbone, data=data), progress=False)  # fmt: skip
+    for result in (pre, s1, combiner, baseline):
+        assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+        assert opencir.load(result.final).config.name
+    assert opencir.load(combiner.final).combiner_weight is not None
+    with (tmp_path / "s1" / "metrics.csv").open() as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2]
+
+
+def test_combiner_stage_trains_only_lambda(world: Path, tmp_path: Path) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    s1 = train(_config(tmp_path, out_dir=str(tmp_path / "s1"), steps=1, data=data), progress=False)
+    before = opencir.load(s1.final).state_dict()
+    config = _config(
+        tmp_path, stage="combiner", init=str(s1.final), out_dir=str(tmp_path / "c"), steps=2,
+        data=data,
+    )  # fmt: skip
+    after_run = train(config, progress=False)
+    after = opencir.load(after_run.final).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert "combiner_logit" in after and "combiner_logit" not in before
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(world: Path, tmp_path: Path) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    full = train(_config(tmp_path, out_dir=str(tmp_path / "full"), steps=6, data=data),
+                 progress=False)  # fmt: skip
+    split = _config(tmp_path, out_dir=str(tmp_path / "split"), steps=6, data=data)
+    first = train(split, stop_at=4, progress=False)
+    assert first.final is None and first.steps_done == 4
+    second = train(split, resume="latest", progress=False)
+    assert first.losses + second.losses == full.losses
+    a, b = opencir.load(full.final), opencir.load(second.final)
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_ema_target_follows_its_formula_and_gets_no_gradients(world, tmp_path) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    config = _config(tmp_path, steps=1, data=data, model_overrides={"ema_momentum": 0.5})
+    start = opencir.create_model("instructcir-dual-tiny")
+    result = train(config, progress=False)
+    model = opencir.load(result.final)
+    assert all(not p.requires_grad or p.grad is None for p in model.target_encoder.parameters())
+    init_target = dict(start.target_encoder.named_parameters())
+    for name, value in model.target_encoder.named_parameters():
+        online = dict(model.query_encoder.named_parameters())[name]
+        torch.testing.assert_close(value, 0.5 * init_target[name] + 0.5 * online)
+
+
+def test_a_failing_checkpoint_save_keeps_the_previous_one(world, tmp_path, monkeypatch) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    config = _config(tmp_path, steps=4, data=data)
+    train(config, stop_at=2, progress=False)
+    real_save = torch.save
+
+    def crash(obj, path, *args, **kwargs):  # dies half-way through writing the state
+        real_save({"partial": True}, path)
+        raise KeyboardInterrupt("killed during checkpoint save")
+
+    monkeypatch.setattr(checkpointing.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, resume="latest", progress=False)
+    monkeypatch.setattr(checkpointing.torch, "save", real_save)
+    root = Path(config.out_dir) / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step-000002"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002"]
+    resumed = train(config, resume="latest", progress=False)
+    assert resumed.steps_done == 4
+
+
+def test_nan_loss_stops_with_a_clear_message(world, tmp_path, monkeypatch) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    monkeypatch.setattr("opencir.train.tasks.batch_contrastive_loss",
+                        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 1.*lower optim\.lr"):
+        train(_config(tmp_path, data=data), progress=False)
+
+
+def test_mixture_sampler_draws_the_labelled_share_deterministically() -> None:
+    sampler = MixtureSampler(10, 5, batch_size=4, ratio=0.25, seed=3, total_batches=8)
+    indices = list(sampler)
+    batches = [indices[i : i + 4] for i in range(0, len(indices), 4)]
+    assert all(sum(i >= 10 for i in batch) == 1 for batch in batches)
+    resumed = MixtureSampler(10, 5, batch_size=4, ratio=0.25, seed=3, total_batches=8,
+                             start_batch=5)  # fmt: skip
+    assert list(resumed) == indices[5 * 4 :]
+    ranks = [list(MixtureSampler(10, 5, 4, 0.25, 3, 8, rank=r, world=2)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(indices)
+
+
+def test_warmup_then_cosine_schedule(tmp_path: Path) -> None:
+    config = _config(tmp_path, steps=10, optim=OptimConfig(warmup_steps=2, min_lr_ratio=0.1))
+    factors = [lr_factor(step, config) for step in range(10)]
+    assert factors[:2] == [0.5, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
+    assert factors[-1] == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi)).item())
+    )
+
+
+def test_recipe_overrides_and_errors(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: cir\nmodel: instructcir-tiny\nout_dir: x\noptim: {lr: 0.001}\n")
+    config = load_recipe(
+        recipe, ["optim.lr=3e-4", "data.triplets=[a, b]", "model_overrides.ema=false"]
+    )
+    assert config.optim.lr == 3e-4 and config.data.triplets == ("a", "b")
+    assert config.model_overrides == {"ema": False}
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lrr'\] in .*optim"):
+        load_recipe(recipe, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="must look like key=value"):
+        load_recipe(recipe, ["steps"])
