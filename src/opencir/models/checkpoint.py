@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from opencir.models.base import CIRModel
+from opencir.models.base_weights import restore_external, split_external
 from opencir.models.config import ModelConfig
 from opencir.models.loading import build_tower
 
@@ -39,8 +40,13 @@ def save_checkpoint(model: CIRModel, directory: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        header: dict = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+        source = model.config.backbone.text_source
+        if source:
+            tensors, external = split_external(tensors, source)
+            if external:
+                header["external_weights"] = external
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": CHECKPOINT_FORMAT})
-        header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
         (staging / CONFIG_FILE).write_text(
             json.dumps({**header, "model": model.config.to_dict()}, indent=2)
         )
@@ -110,7 +116,11 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> CIR
     tower, _ = build_tower(config.backbone)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
     model = build_model(config, tower, tokenizer)
-    _load_strict(model, load_file(weights, device=str(map_location)), directory)
+    tensors = load_file(weights, device=str(map_location))
+    external = json.loads((directory / CONFIG_FILE).read_text()).get("external_weights")
+    if external:
+        restore_external(tensors, external)
+    _load_strict(model, tensors, directory)
     return model.eval()
 
 

@@ -42,7 +42,8 @@ class BackboneConfig:
 
     ``architecture`` is the Hugging Face config dict of the family's model class;
     ``pretrained`` records where weights were loaded from (a hub id or a directory), or
-    ``None`` for random initialisation.
+    ``None`` for random initialisation. ``text_source`` names the pretrained text encoder a
+    ``dual`` backbone started from; unchanged text weights are then left out of checkpoints.
     """
 
     family: str
@@ -50,6 +51,7 @@ class BackboneConfig:
     max_text_length: int = 77
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     pretrained: str | None = None
+    text_source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from opencir.models.tokenizer import byte_level_tokenizer
 
 log = logging.getLogger(__name__)
 
+BACKBONE_META = "opencir_backbone.json"  # OpenCIR facts about a saved backbone directory
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OPENCIR_OFFLINE")
 
 
@@ -144,8 +145,14 @@ def load_tower(config: BackboneConfig, pretrained: str) -> tuple[DualTower, Back
         preprocess=_read_preprocessor(location, size, config.preprocess),
         max_text_length=min(config.max_text_length, hf.config.text_config.max_position_embeddings),
         pretrained=pretrained,
+        text_source=_backbone_meta(location).get("text_source"),
     )
     return family.tower(hf), resolved
+
+
+def _backbone_meta(location: str) -> dict[str, Any]:
+    path = Path(location) / BACKBONE_META
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _own_memory(hf: Any) -> Any:

@@ -6,6 +6,7 @@ A task builds its model, names the parameters it trains, computes embeddings ins
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 import opencir
 from opencir.models.base import CIRModel
 from opencir.models.checkpoint import is_checkpoint
-from opencir.models.loading import resolve_source
+from opencir.models.loading import BACKBONE_META, resolve_source
 from opencir.train.config import TrainConfig
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.losses import batch_contrastive_loss, clip_loss
@@ -40,18 +41,23 @@ def build_model(config: TrainConfig) -> CIRModel:
 
 
 def load_text_encoder(model: CIRModel, source: str) -> None:
-    """Put pretrained text-encoder weights and tokenizer into a ``dual`` backbone."""
+    """Put pretrained text-encoder weights and tokenizer into every ``dual`` tower of a model."""
     from transformers import AutoModel, AutoTokenizer
 
-    tower = getattr(model, "tower", None)
-    if tower is None or tower.family != "dual":
+    from opencir.models.backbones import DualEncoderTower
+
+    towers = [m for m in model.modules() if isinstance(m, DualEncoderTower)]
+    if not towers:
         raise ValueError("text_init only applies to models on a 'dual' backbone")
     location, _ = resolve_source(source)
     text = AutoModel.from_pretrained(location, local_files_only=True, add_pooling_layer=False)
-    missing = tower.hf.text_model.load_state_dict(text.state_dict(), strict=False)
-    if missing.missing_keys and any("pooler" not in k for k in missing.missing_keys):
-        raise ValueError(f"text_init {source!r} does not fit the text tower: {missing}")
+    for tower in towers:
+        result = tower.hf.text_model.load_state_dict(text.state_dict(), strict=False)
+        if any("pooler" not in key for key in result.missing_keys) or result.unexpected_keys:
+            raise ValueError(f"text_init {source!r} does not fit the text tower: {result}")
     model.tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+    backbone = dataclasses.replace(model.config.backbone, text_source=source)
+    model.config = dataclasses.replace(model.config, backbone=backbone)
     log.info("text encoder initialised from %s", source)
 
 
@@ -110,6 +116,10 @@ def save_backbone(model: CIRModel, directory: Path) -> None:
     """Write the tower as a ``save_pretrained`` directory with tokenizer and preprocessing."""
     model.tower.hf.save_pretrained(directory)
     model.tokenizer.save_pretrained(directory)
+    if model.config.backbone.text_source:
+        (directory / BACKBONE_META).write_text(
+            json.dumps({"text_source": model.config.backbone.text_source}, indent=2)
+        )
     pre = model.config.backbone.preprocess
     (directory / "preprocessor_config.json").write_text(
         json.dumps(
