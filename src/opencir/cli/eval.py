@@ -15,7 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate a model on a benchmark (metrics table + results JSON)",
         description="Protocol switches are listed in docs/BENCHMARKS.md; every report prints them.",
     )
-    parser.add_argument("--model", required=True, help="registry name or checkpoint directory")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory, registry NAME, NAME@HF_DIR, or cirevl:CONFIG.json "
+        "(the training-free CIReVL-style baseline)",
+    )
     parser.add_argument("--pretrained", help="backbone weights for a registry name (hub id/dir)")
     parser.add_argument("--benchmark", required=True, choices=list_benchmarks())
     parser.add_argument("--data-root", required=True, help="dataset root in its official layout")
@@ -60,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
         report_dir=args.report,
         progress=not args.no_progress,
     )
-    model = load_model(args.model, pretrained=args.pretrained)
+    if args.model.startswith("cirevl:"):
+        from opencir.generate.cirevl import load_cirevl
+
+        model = load_cirevl(args.model.removeprefix("cirevl:"))
+    else:
+        model = load_model(args.model, pretrained=args.pretrained)
     result, written = run_evaluation(model, request)
     print(result.format_table())
     for path in written:
