@@ -188,3 +188,16 @@ def test_unavailable_hub_id_offline_gives_clear_error(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedNotAvailableError, match="openai/clip-vit-large-patch14"):
         opencir.create_model("instructcir-vit-l-14", pretrained=True)
+
+
+def test_ema_leaves_copies_of_frozen_weights_bit_identical() -> None:
+    model = opencir.create_model("instructcir-tiny", ema_momentum=0.9)
+    text = model.query_encoder.tower.hf.text_model
+    text.requires_grad_(False)
+    before = {n: p.clone() for n, p in model.target_encoder.named_parameters()}
+    with torch.no_grad():
+        for p in model.query_encoder.parameters():
+            p.add_(1.0)
+    model.ema_update()
+    for name, value in model.target_encoder.named_parameters():
+        assert torch.equal(value, before[name]) == (".text_model." in name), name

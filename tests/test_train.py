@@ -188,3 +188,20 @@ def test_recipe_overrides_and_errors(tmp_path: Path) -> None:
         load_recipe(recipe, ["optim.lrr=1"])
     with pytest.raises(ValueError, match="must look like key=value"):
         load_recipe(recipe, ["steps"])
+
+
+def test_reference_negatives_add_the_references_to_the_loss(tmp_path: Path) -> None:
+    from opencir.train.distributed import DistContext
+    from opencir.train.tasks import CIRTask, build_model
+
+    torch.manual_seed(0)
+    config = _config(tmp_path, model="instructcir-tiny", reference_negatives=True)
+    task = CIRTask(config, build_model(config))
+    pixels = torch.randn(4, 3, 32, 32)
+    tokens = task.model.text_tokenizer()(["make it red", "add a star", "remove it", "bigger"])
+    batch = {"reference": pixels, "target": pixels.flip(0), "tokens": tokens}
+    outputs = task.embeddings(batch)
+    assert len(outputs) == 3
+    with_refs = task.loss(outputs, DistContext())
+    without = task.loss(outputs[:2], DistContext())
+    assert with_refs > without  # the softmax runs over 2B candidates instead of B

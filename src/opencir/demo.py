@@ -14,7 +14,7 @@ from opencir.models.checkpoint import is_checkpoint
 
 log = logging.getLogger(__name__)
 
-SHIPPED_CHECKPOINT = "shapes-s1"
+SHIPPED_CHECKPOINT = "shapes-s1-gt"
 FALLBACK_MODEL = "instructcir-tiny"
 
 

@@ -60,7 +60,8 @@ class FusionConfig:
 
     S1 (InstructCIR): ``cross_attention`` injects text cross-attention into every vision
     block; ``ema`` keeps a momentum copy as the target encoder; ``predictor_hidden_mult``
-    sizes the predictor MLP; ``combiner`` enables Eq. 3 (a learned weight mixing the pure
+    sizes the predictor MLP and ``predictor_residual`` adds the image embedding to its
+    output; ``combiner`` enables Eq. 3 (a learned weight mixing the pure
     text embedding into the query); ``null_text`` is what targets are encoded with.
     Baselines: ``combiner_hidden_mult`` sizes the CLIP4Cir-style combiner.
     """
@@ -69,6 +70,7 @@ class FusionConfig:
     ema: bool = True
     ema_momentum: float = 0.999
     predictor_hidden_mult: int = 2
+    predictor_residual: bool = False
     combiner: bool = False
     combiner_init: float = 0.1
     null_text: str = ""

@@ -56,24 +56,39 @@ class CrossAttention(nn.Module):
 class Predictor(nn.Module):
     """MLP over ``[image embedding; text embedding]`` giving the retrieval embedding (Eq. 1).
 
-    Both inputs are L2-normalised first so neither modality dominates by scale.
+    Both inputs are L2-normalised first so neither modality dominates by scale. With
+    ``residual`` the MLP output is added to the image embedding and its last layer starts at
+    zero, so training starts from the backbone's own image space instead of a random one
+    (useful when triplets are few; off by default, as in the paper).
     """
 
-    def __init__(self, embed_dim: int, hidden_mult: int) -> None:
+    def __init__(self, embed_dim: int, hidden_mult: int, residual: bool = False) -> None:
         super().__init__()
         hidden = hidden_mult * embed_dim
+        self.residual = residual
         self.net = nn.Sequential(
             nn.Linear(2 * embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim)
         )
+        if residual:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([F.normalize(image, dim=-1), F.normalize(text, dim=-1)], -1))
+        image = F.normalize(image, dim=-1)
+        out = self.net(torch.cat([image, F.normalize(text, dim=-1)], -1))
+        return image + out if self.residual else out
 
 
 class ReformulationEncoder(nn.Module):
     """E(I, T(t)) followed by the predictor: one full encoder (query or EMA target)."""
 
-    def __init__(self, tower: DualTower, cross_attention: bool, predictor_hidden_mult: int) -> None:
+    def __init__(
+        self,
+        tower: DualTower,
+        cross_attention: bool,
+        predictor_hidden_mult: int,
+        predictor_residual: bool = False,
+    ) -> None:
         super().__init__()
         self.tower = tower
         blocks = len(tower.vision_layers)
@@ -85,7 +100,7 @@ class ReformulationEncoder(nn.Module):
             if cross_attention
             else None
         )
-        self.predictor = Predictor(tower.embed_dim, predictor_hidden_mult)
+        self.predictor = Predictor(tower.embed_dim, predictor_hidden_mult, predictor_residual)
         self.use_checkpointing = False
 
     def reformulate(self, pixels: torch.Tensor, text: TextFeatures) -> torch.Tensor:
@@ -132,7 +147,7 @@ class InstructCIR(CIRModel):
         super().__init__(config, tokenizer)
         fusion = config.fusion
         self.query_encoder = ReformulationEncoder(
-            tower, fusion.cross_attention, fusion.predictor_hidden_mult
+            tower, fusion.cross_attention, fusion.predictor_hidden_mult, fusion.predictor_residual
         )
         self.target_encoder: ReformulationEncoder | None = None
         if fusion.ema:
@@ -175,8 +190,18 @@ class InstructCIR(CIRModel):
         if self.target_encoder is None:
             return
         m = self.config.fusion.ema_momentum if momentum is None else momentum
-        target = list(self.target_encoder.parameters())
-        online = [p.detach() for p in self.query_encoder.parameters()]
+        # Frozen query weights never change, so their copies are left exactly as they are
+        # (m·x + (1 − m)·x is not always x in floating point).
+        pairs = [
+            (t, q.detach())
+            for t, q in zip(
+                self.target_encoder.parameters(), self.query_encoder.parameters(), strict=True
+            )
+            if q.requires_grad
+        ]
+        if not pairs:
+            return
+        target, online = (list(side) for side in zip(*pairs, strict=True))
         torch._foreach_mul_(target, m)
         torch._foreach_add_(target, online, alpha=1.0 - m)
 

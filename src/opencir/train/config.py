@@ -80,6 +80,7 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     temperature: float = 0.07
+    reference_negatives: bool = False
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None

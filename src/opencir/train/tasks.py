@@ -148,16 +148,19 @@ class CIRTask(Task):
             )
         return params
 
-    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         queries = self.model.forward_query(batch["reference"], batch["tokens"])
         targets = self.model.forward_target(batch["target"])
-        return queries, targets
+        if not self.config.reference_negatives:
+            return queries, targets
+        return queries, targets, self.model.forward_target(batch["reference"])
 
-    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
-        queries, targets = outputs
-        all_targets = gather_with_grad(targets, ctx)
+    def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
+        """Eq. 2 over the gathered targets (+ every reference image as an extra negative)."""
+        queries, *candidates = outputs
+        all_candidates = torch.cat([gather_with_grad(c, ctx) for c in candidates])
         offset = ctx.rank * queries.shape[0]
-        return batch_contrastive_loss(queries, all_targets, self.config.temperature, offset)
+        return batch_contrastive_loss(queries, all_candidates, self.config.temperature, offset)
 
     def after_step(self) -> None:
         ema_update = getattr(self.model, "ema_update", None)

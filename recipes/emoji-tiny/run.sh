@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# EmojiCIR end to end on a CPU (see recipes/miniature/run.sh for the steps).
+exec bash "$(dirname "$0")/../miniature/run.sh" emoji "$@"
