@@ -36,6 +36,11 @@ def shapes_test(tmp_path_factory):
     return load_benchmark("shapescir", root, "test")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("gallery-cache")
+
+
 def test_shipped_checkpoints_load(shapes_test) -> None:
     for name in ("shapes-s1-gt", "shapes-backbone"):
         path = shipped_checkpoint(name)
@@ -43,11 +48,37 @@ def test_shipped_checkpoints_load(shapes_test) -> None:
         assert opencir.load(path).config.backbone.family == "dual"
 
 
-def test_shipped_s1_beats_image_only_on_shapescir(shapes_test) -> None:
+def test_shipped_s1_beats_image_only_on_shapescir(shapes_test, cache) -> None:
     s1 = opencir.load(shipped_checkpoint("shapes-s1-gt"))
     baseline = ImageOnly(opencir.load(shipped_checkpoint("shapes-backbone")))
-    ours = evaluate(s1, shapes_test, batch_size=64, progress=False).metrics
+    ours = evaluate(s1, shapes_test, batch_size=64, cache_dir=cache, progress=False).metrics
     theirs = evaluate(baseline, shapes_test, batch_size=64, progress=False).metrics
     # the margins measured on the recipe's own test split (docs/RESULTS.md) are at R@10/R@50
     assert ours["R@10"] > theirs["R@10"], (ours, theirs)
     assert ours["R@50"] > theirs["R@50"], (ours, theirs)
+
+
+class ShuffledTexts:
+    """A deliberately wrong model: the shipped S1 given another query's modification text."""
+
+    def __init__(self, model: opencir.CIRModel) -> None:
+        self.model = model
+
+    def encode_query(self, images, texts: Sequence[str]) -> torch.Tensor:
+        return self.model.encode_query(images, list(texts[1:]) + list(texts[:1]))
+
+    def fingerprint(self) -> str:  # same targets as the model: its gallery cache is valid
+        return self.model.fingerprint()
+
+    def encode_target(self, images) -> torch.Tensor:
+        return self.model.encode_target(images)
+
+
+def test_a_deliberately_wrong_model_scores_worse(shapes_test, cache) -> None:
+    s1 = opencir.load(shipped_checkpoint("shapes-s1-gt"))
+    right = evaluate(s1, shapes_test, batch_size=64, cache_dir=cache, progress=False)
+    wrong = evaluate(ShuffledTexts(s1), shapes_test, batch_size=64, cache_dir=cache,
+                     progress=False)  # fmt: skip
+    assert wrong.gallery_cache_hit
+    right, wrong = right.metrics, wrong.metrics
+    assert wrong["R@10"] < right["R@10"] and wrong["mAP@10"] < right["mAP@10"], (right, wrong)
