@@ -12,7 +12,7 @@ case "$WORLD" in
           DEFAULT_PAIRS=16000 DEFAULT_SCALING="1000 4000" ;;
   emoji)  BENCHMARK=emojicir
           DEFAULT_WORLD_ARGS="--queries 300 --val-queries 300"
-          DEFAULT_PAIRS=8000 DEFAULT_SCALING="500 2000" ;;
+          DEFAULT_PAIRS=5000 DEFAULT_SCALING="500 2000" ;;
   *) echo "unknown world $WORLD (expected shapes or emoji)" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/$WORLD-tiny}
