@@ -10,11 +10,11 @@ both recall families are computed (CIRR), ``R_avg`` = (R@5 + R_subset@1) / 2.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from opencir.atomic import atomic_write
 from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
 from opencir.eval.metrics import map_at_k, rank_gallery, recall_at_k, recall_subset_at_k
 from opencir.models.base import Retriever, retriever_fingerprint
@@ -329,16 +330,10 @@ def _load_cache(path: Path, n_gallery: int) -> torch.Tensor | None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder and ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Serialise with ``write(stream)`` into memory, then write the bytes atomically."""
+    buffer = io.BytesIO()
+    write(buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- ranking

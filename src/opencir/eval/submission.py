@@ -13,13 +13,12 @@ accepts: every query present and no other, no repeats, exact list sizes, ids fro
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opencir.atomic import atomic_write
 from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
 
 CIRR_VERSION = "rc2"
@@ -188,17 +187,8 @@ def read_circo_submission(path: str | Path) -> dict[str, list[int]]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (temp file beside ``path``, then rename)."""
+    atomic_write(path, json.dumps(data).encode("utf-8"))
 
 
 def _read_json_object(path: str | Path) -> dict[str, Any]:

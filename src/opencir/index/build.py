@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from opencir.atomic import fsync_tree, swap_in
 from opencir.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from opencir.index.manifest import (
     EMBEDDINGS_FILE,
@@ -413,8 +414,8 @@ def _assemble(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         manifest = _write_index(staging, partial, info, config, base, set(remove))
-        _fsync_tree(staging)
-        _swap_in(staging, out)
+        fsync_tree(staging)
+        swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -602,22 +603,3 @@ def _manifest(
         updated=now,
         versions={"opencir": __version__, "faiss": faiss.__version__},
     )
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.iterdir():
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; an old index is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ mismatching tensors.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from opencir.atomic import fsync_tree, swap_in
 from opencir.models.base import CIRModel
 from opencir.models.base_weights import restore_external, split_external
 from opencir.models.config import ModelConfig
@@ -51,30 +51,12 @@ def save_checkpoint(model: CIRModel, directory: str | Path) -> Path:
             json.dumps({**header, "model": model.config.to_dict()}, indent=2)
         )
         model.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        _fsync_tree(staging)
-        _swap_in(staging, directory)
+        fsync_tree(staging)
+        swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _swap_in(staging: Path, directory: Path) -> None:
-    """Replace ``directory`` by ``staging``; the old one is removed only after the rename."""
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        directory.rename(old)
-    staging.rename(directory)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def is_checkpoint(directory: str | Path) -> bool:

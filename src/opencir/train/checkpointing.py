@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from opencir.atomic import atomic_write
 from opencir.models.base import CIRModel
 from opencir.models.checkpoint import WEIGHTS_FILE
 
@@ -74,10 +75,7 @@ def save_training_checkpoint(
 
 
 def _write_pointer(root: Path, name: str) -> None:
-    temp = root / f".{LATEST}.{os.getpid()}"
-    temp.write_text(name + "\n")
-    _fsync(temp)
-    os.replace(temp, root / LATEST)
+    atomic_write(root / LATEST, (name + "\n").encode())
 
 
 def _prune(root: Path, keep: int) -> None:
