@@ -32,7 +32,8 @@ def test_results_table_and_scaling_plot(tmp_path, capsys) -> None:
     a = _result(tmp_path / "a.json", **{"R@1": 10.0, "R@10": 40.0})
     b = _result(tmp_path / "b.json", **{"R@1": 20.5, "R@10": 55.25, "mAP@10": 30.0})
     args = ["results", f"sum={a}", f"S1={b}", "--metrics", "R@1,R@10,mAP@10",
-            "--scaling", f"100={a}", f"1000={b}", "--plot", str(tmp_path / "s.png")]  # fmt: skip
+            "--scaling", f"100={a}", f"1000={b}", "--plot", str(tmp_path / "s.png"),
+            "--baselines", "sum"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| sum | 10.00 | 40.00 | - |" in out and "| S1 | 20.50 | 55.25 | 30.00 |" in out
@@ -45,3 +46,6 @@ def test_results_rejects_a_file_that_is_not_a_result(tmp_path) -> None:
     with pytest.raises(SystemExit):
         main(["results", "no-equals-sign"])
     assert main(["results", f"x={bad}"]) == 2
+    good = _result(tmp_path / "good.json", **{"R@1": 1.0})
+    plot = ["--scaling", f"1={good}", "--plot", str(tmp_path / "p.png")]
+    assert main(["results", f"x={good}", *plot, "--baselines", "nope"]) == 2

@@ -84,5 +84,6 @@ scaling+=("$PAIRS=$OUT/results/s1.json")
   "S1 full=$OUT/results/s1.json" "S1 + combiner (Eq. 3)=$OUT/results/s1-combiner.json" \
   "S1 w/o EMA=$OUT/results/s1-no-ema.json" "S1 w/o cross-attention=$OUT/results/s1-no-xattn.json" \
   "S1 on ground-truth triplets=$OUT/results/s1-gt.json" \
-  --out "$OUT/table.md" --scaling "${scaling[@]}" --plot "$OUT/scaling.png"
+  --out "$OUT/table.md" --scaling "${scaling[@]}" --plot "$OUT/scaling.png" \
+  --baselines "image-only,sum,combiner,S1 on ground-truth triplets"
 cat "$OUT/table.md"

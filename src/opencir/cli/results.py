@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data-scaling points (N generated triplets) for --plot",
     )  # fmt: skip
     parser.add_argument("--plot", help="write the scaling plot PNG here")
+    parser.add_argument(
+        "--baselines",
+        default="",
+        help="comma-separated row names drawn as horizontal lines on the plot",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -39,5 +44,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.scaling:
             raise ValueError("--plot needs --scaling N=RESULTS.json points")
         points = [(int(n), path) for n, path in args.scaling]
-        print(f"wrote {plot_scaling(points, args.plot, baselines=args.rows)}")
+        wanted = {name.strip() for name in args.baselines.split(",") if name.strip()}
+        unknown = wanted - {name for name, _ in args.rows}
+        if unknown:
+            raise ValueError(f"--baselines names {sorted(unknown)} are not table rows")
+        baselines = [row for row in args.rows if row[0] in wanted]
+        print(f"wrote {plot_scaling(points, args.plot, baselines=baselines)}")
     return 0

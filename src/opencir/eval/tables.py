@@ -47,20 +47,24 @@ def plot_scaling(
     import matplotlib.pyplot as plt
 
     points = sorted(points)
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    figure, axis = plt.subplots(figsize=(8.5, 4), dpi=120)
+    colours = {}
     for metric in metrics:
         values = [read_metrics(p).get(metric) for _, p in points]
-        axis.plot([n for n, _ in points], values, marker="o", label=f"S1 {metric}")
-    for (name, result), style in zip(baselines, ("--", ":", "-.", (0, (1, 3))), strict=False):
-        for metric in metrics[:1]:
-            axis.axhline(read_metrics(result)[metric], linestyle=style, color="grey",
+        (line,) = axis.plot([n for n, _ in points], values, marker="o", label=f"S1 {metric}")
+        colours[metric] = line.get_color()
+    styles = ("--", ":", "-.", (0, (1, 3)), (0, (5, 1)), (0, (3, 1, 1, 1)))
+    for (name, result), style in zip(baselines, styles * len(baselines), strict=False):
+        values = read_metrics(result)
+        for metric in metrics:  # same colour as the metric's S1 line, one dash style per row
+            axis.axhline(values[metric], linestyle=style, color=colours[metric], alpha=0.6,
                          label=f"{name} {metric}")  # fmt: skip
     axis.set_xscale("log")
     axis.set_xlabel("generated training triplets")
     axis.set_ylabel("recall (%)")
     axis.set_title(title)
     axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
