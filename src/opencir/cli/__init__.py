@@ -43,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"opencir.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"opencir.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"opencir.cli.{name}").register(sub)
     return parser
 
 
