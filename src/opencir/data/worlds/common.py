@@ -23,7 +23,6 @@ import json
 import logging
 import shutil
 import tempfile
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -34,6 +33,8 @@ from typing import Any
 
 from PIL import Image
 from tqdm.auto import tqdm
+
+from opencir.atomic import swap_in
 
 log = logging.getLogger(__name__)
 
@@ -281,18 +282,6 @@ def _check_replaceable(root: Path, overwrite: bool) -> None:
         )
 
 
-def _swap_into_place(tmp: Path, root: Path) -> None:
-    if root.is_dir() and not any(root.iterdir()):
-        root.rmdir()
-    if not root.exists():
-        tmp.rename(root)
-        return
-    old = root.with_name(f".{root.name}.old-{uuid.uuid4().hex[:8]}")
-    root.rename(old)
-    tmp.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_world(
     root: str | Path,
     world: str,
@@ -323,7 +312,7 @@ def build_world(
         writer = WorldWriter(tmp, workers=workers, progress=progress)
         populate(writer)
         info = writer.finish(world, seed, params)
-        _swap_into_place(tmp, root)
+        swap_in(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
