@@ -61,7 +61,8 @@ def _grads(task) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, port: int, stage: str, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # loopback only: gloo would otherwise pick the interface the hostname resolves to
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         task = _task(stage, tmp)
@@ -82,6 +83,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _run_two_ranks(stage: str, tmp_path, limit_s: float) -> bool:
+    """Run both ranks; False (after killing them) when they do not finish in time."""
+    context = mp.spawn(_worker, args=(2, _free_port(), stage, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + limit_s
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            return False
+    return True
+
+
 @pytest.mark.parametrize("stage", ["cir", "pretrain"])
 def test_two_process_ddp_matches_single_process(stage: str, tmp_path) -> None:
     # single process on the combined batch, ordered as the ranks see it
@@ -98,13 +111,10 @@ def test_two_process_ddp_matches_single_process(stage: str, tmp_path) -> None:
     task.loss(StepModule(task)(interleaved), DistContext()).backward()
     expected = _grads(task)
 
-    context = mp.spawn(_worker, args=(2, _free_port(), stage, str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process DDP run did not finish within 180 s")
+    # One retry with a fresh port: a gloo rendezvous on a busy shared machine can stall; the
+    # gradients are compared as before, and two stalls in a row fail the test.
+    if not any(_run_two_ranks(stage, tmp_path, limit_s=90) for _ in range(2)):
+        pytest.fail("the 2-process DDP run stalled twice (90 s each)")
     got = torch.load(tmp_path / "ddp_grads.pt")
     assert set(got) == set(expected) and len(expected) > 10
     for name, grad in expected.items():
