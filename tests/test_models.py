@@ -31,7 +31,14 @@ def test_registry_lists_tiny_and_paper_configs() -> None:
         "instructcir-siglip-b-16",
     ):
         assert name in names
-    assert set(list_methods()) == {"instructcir", "image-only", "text-only", "sum", "combiner"}
+    assert set(list_methods()) == {
+        "instructcir",
+        "image-only",
+        "text-only",
+        "sum",
+        "combiner",
+        "mllm",
+    }
     assert "vit-l-14" in list_backbones()
 
 

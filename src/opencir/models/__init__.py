@@ -1,9 +1,16 @@
-"""Models: registry, backbones, S1 reformulation network, baselines, checkpoints."""
+"""Models: registry, backbones, S1 reformulation network, S2 MLLM embedder, baselines, checkpoints."""
 
 from opencir.models.base import CIRModel, Retriever
 from opencir.models.checkpoint import CheckpointError, load
-from opencir.models.config import BackboneConfig, FusionConfig, ModelConfig, PreprocessConfig
+from opencir.models.config import (
+    BackboneConfig,
+    FusionConfig,
+    MLLMConfig,
+    ModelConfig,
+    PreprocessConfig,
+)
 from opencir.models.loading import PretrainedNotAvailableError
+from opencir.models.mllm import MLLMEmbedder
 from opencir.models.registry import create_model, get_model_config, list_models, load_model
 
 __all__ = [
@@ -11,6 +18,8 @@ __all__ = [
     "CIRModel",
     "CheckpointError",
     "FusionConfig",
+    "MLLMConfig",
+    "MLLMEmbedder",
     "ModelConfig",
     "PreprocessConfig",
     "PretrainedNotAvailableError",

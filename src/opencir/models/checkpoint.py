@@ -20,7 +20,6 @@ from opencir.atomic import fsync_tree, swap_in
 from opencir.models.base import CIRModel
 from opencir.models.base_weights import restore_external, split_external
 from opencir.models.config import ModelConfig
-from opencir.models.loading import build_tower
 
 CHECKPOINT_FORMAT = "opencir-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -88,14 +87,14 @@ def read_checkpoint_config(directory: str | Path) -> ModelConfig:
 
 def load(directory: str | Path, map_location: str | torch.device = "cpu") -> CIRModel:
     """Load a checkpoint written by ``model.save``; embeddings are bit-identical."""
-    from opencir.models.registry import build_model
+    from opencir.models.registry import build_architecture, build_model
 
     directory = Path(directory)
     config = read_checkpoint_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS_FILE}")
-    tower, _ = build_tower(config.backbone)
+    tower = build_architecture(config)
     tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
     model = build_model(config, tower, tokenizer)
     tensors = load_file(weights, device=str(map_location))
@@ -125,7 +124,13 @@ def _load_strict(model: CIRModel, tensors: dict[str, torch.Tensor], directory: P
             )
             if names
         ]
+        hint = ""
+        if any("lora_" in name for name in unexpected):
+            hint = (
+                " (it holds unmerged LoRA adapters: a training checkpoint, for --resume; "
+                "load the run's final/ folder instead)"
+            )
         raise CheckpointError(
-            f"checkpoint {directory} does not match its config.json: " + "; ".join(problems)
+            f"checkpoint {directory} does not match its config.json{hint}: " + "; ".join(problems)
         )
     model.load_state_dict(tensors, strict=True)

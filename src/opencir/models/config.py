@@ -86,17 +86,70 @@ class FusionConfig:
             raise ValueError("hidden multipliers must be >= 1")
 
 
+IMAGE_SLOT, TEXT_SLOT, PROMPT_SLOT = "<image>", "{text}", "{prompt}"
+
+
+@dataclass(frozen=True)
+class MLLMConfig:
+    """How the S2 embedder prompts its multimodal LLM and pools the answer.
+
+    Every prompt is wrapped in ``chat_template`` (its ``{prompt}`` slot) and must end where
+    the model would start answering: the embedding is the hidden state there. ``<image>``
+    marks where the image tokens go (expanded to the vision tower's patch count, as LLaVA
+    expects) and ``{text}`` where the modification text or caption goes. The defaults ask
+    for a one-word description, as the reference implementation of the method does.
+    ``pooling="last"`` takes the last real token under either ``padding_side``; ``"mean"``
+    averages the non-padding tokens.
+    """
+
+    query_prompt: str = (
+        '<image>\nModify this image with "{text}", describe the modified image in one word:'
+    )
+    target_prompt: str = "<image>\nSummarize above image in one word:"
+    text_prompt: str = "{text}\nSummarize above sentence in one word:"
+    chat_template: str = "{prompt}"
+    pooling: str = "last"
+    padding_side: str = "left"
+    add_bos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("last", "mean"):
+            raise ValueError(f"mllm pooling must be 'last' or 'mean', got {self.pooling!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.chat_template.count(PROMPT_SLOT) != 1:
+            raise ValueError(f"chat_template must contain {PROMPT_SLOT} exactly once")
+        for name, images, texts in (
+            ("query_prompt", 1, 1),
+            ("target_prompt", 1, 0),
+            ("text_prompt", 0, 1),
+        ):
+            prompt = getattr(self, name)
+            if prompt.count(IMAGE_SLOT) != images or prompt.count(TEXT_SLOT) != texts:
+                raise ValueError(
+                    f"{name} must contain {IMAGE_SLOT} {images}x and {TEXT_SLOT} {texts}x, "
+                    f"got {prompt!r}"
+                )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a model: name, method, backbone, fusion settings."""
+    """Everything needed to rebuild a model: name, method, backbone, fusion settings.
+
+    ``mllm`` holds the prompt and pooling settings of the S2 embedder (``None`` otherwise).
+    """
 
     name: str
     method: str
     backbone: BackboneConfig
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    mllm: MLLMConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.mllm is None:
+            del data["mllm"]  # keeps configs (and fingerprints) of the other methods unchanged
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -108,25 +161,30 @@ class ModelConfig:
             method=data["method"],
             backbone=BackboneConfig(**backbone),
             fusion=FusionConfig(**data.get("fusion", {})),
+            mllm=MLLMConfig(**data["mllm"]) if data.get("mllm") else None,
         )
 
     def with_overrides(self, **overrides: Any) -> ModelConfig:
-        """Return a copy with fusion or backbone fields replaced; unknown names are refused."""
+        """Return a copy with fusion, backbone or mllm fields replaced; unknown names refused."""
         fusion_names = {f.name for f in fields(FusionConfig)}
         backbone_names = {f.name for f in fields(BackboneConfig)} - {"architecture", "family"}
-        unknown = set(overrides) - fusion_names - backbone_names
+        mllm_names = {f.name for f in fields(MLLMConfig)} if self.mllm else set()
+        unknown = set(overrides) - fusion_names - backbone_names - mllm_names
         if unknown:
             raise TypeError(
                 f"unknown model override(s) {sorted(unknown)}; "
                 f"fusion options are {sorted(fusion_names)}, "
                 f"backbone options {sorted(backbone_names)}"
+                + (f", mllm options {sorted(mllm_names)}" if mllm_names else "")
             )
         fusion = {k: v for k, v in overrides.items() if k in fusion_names}
         backbone = {k: v for k, v in overrides.items() if k in backbone_names}
+        mllm = {k: v for k, v in overrides.items() if k in mllm_names}
         return dataclasses.replace(
             self,
             fusion=dataclasses.replace(self.fusion, **fusion),
             backbone=dataclasses.replace(self.backbone, **backbone),
+            mllm=dataclasses.replace(self.mllm, **mllm) if self.mllm else None,
         )
 
 

@@ -84,22 +84,26 @@ def resolve_source(source: str) -> tuple[str, bool]:
     return source, _offline()
 
 
-def load_pretrained_hf(family_name: str, source: str) -> Any:
-    """Load the HF dual-encoder model of ``family_name`` from a hub id or directory."""
-    family = get_family(family_name)
+def from_pretrained(model_class: Any, source: str) -> Any:
+    """``model_class.from_pretrained`` on a hub id or directory: local first, clear failures."""
     location, local_only = resolve_source(source)
     try:
-        return family.hf_model.from_pretrained(location, local_files_only=True)
+        return model_class.from_pretrained(location, local_files_only=True)
     except OSError as first_error:
         if local_only:
             raise _not_available(source, f"{first_error}".splitlines()[0]) from first_error
     try:
-        return family.hf_model.from_pretrained(location)
+        return model_class.from_pretrained(location)
     except OSError as error:
         raise _not_available(source, "not in the local cache and download failed") from error
 
 
-def _read_preprocessor(location: str, size: int, default: PreprocessConfig) -> PreprocessConfig:
+def load_pretrained_hf(family_name: str, source: str) -> Any:
+    """Load the HF dual-encoder model of ``family_name`` from a hub id or directory."""
+    return from_pretrained(get_family(family_name).hf_model, source)
+
+
+def read_preprocessor(location: str, size: int, default: PreprocessConfig) -> PreprocessConfig:
     """Read ``preprocessor_config.json`` (dir or cache) into our PreprocessConfig."""
     path = Path(location) / "preprocessor_config.json"
     if not path.is_file():
@@ -136,13 +140,13 @@ def build_tower(config: BackboneConfig) -> tuple[DualTower, BackboneConfig]:
 def load_tower(config: BackboneConfig, pretrained: str) -> tuple[DualTower, BackboneConfig]:
     """Pretrained tower; the returned config records the real architecture and preprocessing."""
     family = get_family(config.family)
-    hf = _own_memory(load_pretrained_hf(config.family, pretrained))
+    hf = own_memory(load_pretrained_hf(config.family, pretrained))
     location, _ = resolve_source(pretrained)
     size = hf.config.vision_config.image_size
     resolved = dataclasses.replace(
         config,
-        architecture=_architecture_dict(hf.config),
-        preprocess=_read_preprocessor(location, size, config.preprocess),
+        architecture=architecture_dict(hf.config),
+        preprocess=read_preprocessor(location, size, config.preprocess),
         max_text_length=min(config.max_text_length, hf.config.text_config.max_position_embeddings),
         pretrained=pretrained,
         text_source=_backbone_meta(location).get("text_source"),
@@ -155,7 +159,7 @@ def _backbone_meta(location: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _own_memory(hf: Any) -> Any:
+def own_memory(hf: Any) -> Any:
     """Copy weights out of the safetensors memory map into fresh, aligned tensors.
 
     BLAS kernels pick code paths by alignment, so mmapped weights can give results that differ
@@ -167,11 +171,18 @@ def _own_memory(hf: Any) -> Any:
     return hf
 
 
-def _architecture_dict(hf_config: Any) -> dict[str, Any]:
+def architecture_dict(hf_config: Any) -> dict[str, Any]:
     """The HF config as a plain JSON-able dict that rebuilds the same architecture."""
-    data = json.loads(hf_config.to_json_string(use_diff=False))
+    return _strip_run_keys(json.loads(hf_config.to_json_string(use_diff=False)))
+
+
+def _strip_run_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Drop keys that describe how weights were stored, not the architecture (recursively)."""
     for key in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"):
         data.pop(key, None)
+    for value in data.values():
+        if isinstance(value, dict) and "model_type" in value:
+            _strip_run_keys(value)
     return data
 
 

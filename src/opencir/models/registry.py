@@ -1,8 +1,11 @@
 """Model registry in the open_clip/timm manner.
 
 Every name is ``<method>-<backbone>``: methods come from ``configs/methods/*.json`` and
-backbones from ``configs/backbones/*.json``, so each method is available on each backbone
-(``instructcir-tiny``, ``instructcir-vit-l-14``, ``sum-siglip-b-16``, ...).
+dual-encoder backbones from ``configs/backbones/*.json``, so each of those methods is
+available on each backbone (``instructcir-tiny``, ``instructcir-vit-l-14``,
+``sum-siglip-b-16``, ...). A method may name another backbone folder: the S2 ``mllm``
+method pairs with the multimodal LLMs of ``configs/mllm/*.json`` (``mllm-tiny``,
+``mllm-llava-1.5-7b``, ...).
 """
 
 from __future__ import annotations
@@ -15,9 +18,17 @@ from typing import Any
 from opencir.models.backbones import DualTower
 from opencir.models.base import CIRModel
 from opencir.models.baselines import Combiner, ImageOnly, ImageTextSum, TextOnly
-from opencir.models.config import BackboneConfig, FusionConfig, ModelConfig, PreprocessConfig
+from opencir.models.config import (
+    BackboneConfig,
+    FusionConfig,
+    MLLMConfig,
+    ModelConfig,
+    PreprocessConfig,
+)
 from opencir.models.loading import build_tower, load_tokenizer, load_tower
+from opencir.models.mllm import MLLMEmbedder, build_llava, load_llava
 from opencir.models.reformulation import InstructCIR
+from opencir.models.tokenizer import byte_level_mllm_tokenizer
 
 METHOD_CLASSES: dict[str, type[CIRModel]] = {
     "instructcir": InstructCIR,
@@ -25,7 +36,9 @@ METHOD_CLASSES: dict[str, type[CIRModel]] = {
     "text-only": TextOnly,
     "sum": ImageTextSum,
     "combiner": Combiner,
+    "mllm": MLLMEmbedder,
 }
+MLLM_FOLDER = "mllm"
 
 
 @cache
@@ -38,8 +51,13 @@ def _configs(kind: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def list_backbones() -> list[str]:
-    return sorted(_configs("backbones"))
+def _backbone_folder(method: str) -> str:
+    return _configs("methods")[method].get("backbones", "backbones")
+
+
+def list_backbones(method: str | None = None) -> list[str]:
+    """Backbones of ``method`` (default: the dual-encoder backbones most methods use)."""
+    return sorted(_configs(_backbone_folder(method) if method else "backbones"))
 
 
 def list_methods() -> list[str]:
@@ -48,31 +66,41 @@ def list_methods() -> list[str]:
 
 def list_models() -> list[str]:
     """All registered model names, ``<method>-<backbone>``."""
-    return [f"{m}-{b}" for m in list_methods() for b in list_backbones()]
+    return [f"{m}-{b}" for m in list_methods() for b in list_backbones(m)]
 
 
 def split_name(name: str) -> tuple[str, str]:
     """``"image-only-vit-l-14"`` → ``("image-only", "vit-l-14")``."""
     for method in sorted(list_methods(), key=len, reverse=True):
         backbone = name.removeprefix(f"{method}-")
-        if backbone != name and backbone in _configs("backbones"):
+        if backbone != name and backbone in _configs(_backbone_folder(method)):
             return method, backbone
     raise ValueError(
         f"unknown model name {name!r}; names are <method>-<backbone> with methods "
-        f"{list_methods()} and backbones {list_backbones()} (see opencir.list_models())"
+        f"{list_methods()} and backbones {list_backbones()} ({MLLM_FOLDER}: "
+        f"{list_backbones(MLLM_FOLDER)}) (see opencir.list_models())"
     )
 
 
-def backbone_hub_id(backbone: str) -> str | None:
-    """The hub id of the paper weights for a registered backbone (``None`` for tiny ones)."""
-    return _configs("backbones")[backbone].get("hub_id")
+def _backbone_spec(name: str) -> dict[str, Any]:
+    method, backbone = split_name(name)
+    return _configs(_backbone_folder(method))[backbone]
+
+
+def backbone_hub_id(name: str) -> str | None:
+    """The hub id of the paper weights of a registered model (``None`` for tiny ones)."""
+    return _backbone_spec(name).get("hub_id")
 
 
 def get_model_config(name: str, **overrides: Any) -> ModelConfig:
     """The registered configuration for ``name`` with optional overrides applied."""
-    method, backbone = split_name(name)
-    spec = _configs("backbones")[backbone]
+    method, _ = split_name(name)
+    spec = _backbone_spec(name)
+    method_spec = _configs("methods")[method]
     preprocess = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["preprocess"].items()}
+    mllm = None
+    if _backbone_folder(method) == MLLM_FOLDER:
+        mllm = MLLMConfig(**{**method_spec.get("mllm", {}), **spec.get("mllm", {})})
     config = ModelConfig(
         name=name,
         method=method,
@@ -82,9 +110,33 @@ def get_model_config(name: str, **overrides: Any) -> ModelConfig:
             max_text_length=spec["max_text_length"],
             preprocess=PreprocessConfig(**preprocess),
         ),
-        fusion=FusionConfig(**_configs("methods")[method].get("fusion", {})),
+        fusion=FusionConfig(**method_spec.get("fusion", {})),
+        mllm=mllm,
     )
     return config.with_overrides(**overrides) if overrides else config
+
+
+def build_architecture(config: ModelConfig) -> Any:
+    """The random-weight tower (dual encoder or LLaVA) a config describes."""
+    if config.method == "mllm":
+        return build_llava(config.backbone)
+    return build_tower(config.backbone)[0]
+
+
+def _towers(config: ModelConfig, pretrained: str | None) -> tuple[Any, BackboneConfig, Any]:
+    """Tower, resolved backbone config and tokenizer, random or from ``pretrained``."""
+    if config.method == "mllm":
+        if pretrained:
+            tower, backbone = load_llava(config.backbone, pretrained)
+            return tower, backbone, load_tokenizer(backbone, pretrained)
+        context = config.backbone.architecture["text_config"]["max_position_embeddings"]
+        tokenizer = byte_level_mllm_tokenizer(context)
+        return build_llava(config.backbone), config.backbone, tokenizer
+    if pretrained:
+        tower, backbone = load_tower(config.backbone, pretrained)
+    else:
+        tower, backbone = build_tower(config.backbone)
+    return tower, backbone, load_tokenizer(backbone, pretrained)
 
 
 def build_model(config: ModelConfig, tower: DualTower, tokenizer: Any) -> CIRModel:
@@ -106,15 +158,11 @@ def create_model(name: str, pretrained: str | bool | None = None, **overrides: A
     """
     config = get_model_config(name, **overrides)
     if pretrained is True:
-        pretrained = backbone_hub_id(split_name(name)[1])
+        pretrained = backbone_hub_id(name)
         if pretrained is None:
             raise ValueError(f"backbone of {name!r} has no registered pretrained weights")
-    if pretrained:
-        tower, backbone = load_tower(config.backbone, str(pretrained))
-    else:
-        tower, backbone = build_tower(config.backbone)
-    config = ModelConfig(config.name, config.method, backbone, config.fusion)
-    tokenizer = load_tokenizer(backbone, str(pretrained) if pretrained else None)
+    tower, backbone, tokenizer = _towers(config, str(pretrained) if pretrained else None)
+    config = ModelConfig(config.name, config.method, backbone, config.fusion, config.mllm)
     return build_model(config, tower, tokenizer)
 
 

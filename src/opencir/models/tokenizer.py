@@ -37,3 +37,17 @@ def byte_level_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
         model_max_length=max_length,
         padding_side="right",
     )
+
+
+IMAGE_TOKEN = "<image>"
+MLLM_BYTE_VOCAB_SIZE = BYTE_VOCAB_SIZE + 1  # + the image placeholder
+
+
+def byte_level_mllm_tokenizer(context_length: int) -> PreTrainedTokenizerFast:
+    """The byte-level tokenizer plus LLaVA's ``<image>`` placeholder (id 259).
+
+    ``context_length`` is the language model's window (whole prompts, not only user text).
+    """
+    tokenizer = byte_level_tokenizer(context_length)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    return tokenizer

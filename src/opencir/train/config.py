@@ -9,7 +9,7 @@ from typing import Any, get_args, get_type_hints
 
 import yaml
 
-STAGES = ("pretrain", "cir", "combiner")
+STAGES = ("lm", "pretrain", "cir", "combiner")
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,49 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class MLLMTrainConfig:
+    """What the S2 (``mllm-*``) stages train.
+
+    ``lora_rank > 0`` wraps the language model's ``lora_targets`` in LoRA adapters (peft;
+    merged into the weights on export); ``lora_rank: 0`` trains the whole language model
+    (the ``lm`` stage always does). The projector trains unless ``train_projector`` is off;
+    the vision tower stays frozen unless ``train_vision`` is on.
+    """
+
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    train_projector: bool = True
+    train_vision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 0:
+            raise ValueError(f"mllm.lora_rank must be >= 0, got {self.lora_rank}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"mllm.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run.
 
     ``model`` is a registry name; ``pretrained`` the backbone weights (hub id or directory);
     ``init`` an OpenCIR checkpoint to start from (e.g. the CIR-trained model for the combiner
-    stage); ``text_init`` the pretrained text encoder of a ``dual`` backbone for pretraining.
+    stage); ``text_init`` the pretrained text encoder of a ``dual`` backbone for pretraining;
+    ``vision_init`` a pretrained ViT (CLIP/SigLIP/dual backbone dir) for an ``mllm-*`` model.
+
+    Stages: ``pretrain`` (image–text contrastive; for ``mllm-*`` models S2's stage 1),
+    ``cir`` (triplets; S2's stage 2), ``combiner`` (S1's Eq. 3) and ``lm`` (next-token
+    pretraining of an ``mllm-*`` model's small decoder on captions).
     """
 
     stage: str
@@ -84,9 +121,11 @@ class TrainConfig:
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None
+    vision_init: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    mllm: MLLMTrainConfig = field(default_factory=MLLMTrainConfig)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -123,7 +162,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for name, value in data.items():
         value = _coerce_number(hints[name], value, f"{where}.{name}")
         nested = (
-            {"data": DataConfig, "optim": OptimConfig}.get(name) if cls is TrainConfig else None
+            {"data": DataConfig, "optim": OptimConfig, "mllm": MLLMTrainConfig}.get(name)
+            if cls is TrainConfig
+            else None
         )
         if nested is not None and isinstance(value, dict):
             value = _build(nested, value, f"{where}.{name}")

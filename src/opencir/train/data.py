@@ -48,18 +48,25 @@ class TripletDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """Image–caption pairs for the image–text pretraining stage."""
+    """Image–caption pairs for the image–text pretraining stage (captions only for ``lm``)."""
 
-    def __init__(self, pairs: Sequence[tuple[str, str]], load_image: ImageLoader) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        load_image: ImageLoader,
+        with_images: bool = True,
+    ) -> None:
         if not pairs:
             raise ValueError("PairDataset got no image–caption pairs: check data.pairs")
-        self.pairs, self.load_image = list(pairs), load_image
+        self.pairs, self.load_image, self.with_images = list(pairs), load_image, with_images
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key, caption = self.pairs[index]
+        if not self.with_images:
+            return {"text": caption}
         return {"image": self.load_image(key), "text": caption}
 
 

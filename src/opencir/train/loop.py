@@ -213,7 +213,7 @@ class Trainer:
             rank=ctx.rank,
             world=ctx.world_size,
         )
-        collate = Collate(self.model.image_preprocessor(), self.model.text_tokenizer())
+        collate = Collate(self.model.image_preprocessor(), self.task.text_tokenizer())
         per_rank = math.ceil(config.batch_size / ctx.world_size)
         return iter(
             DataLoader(

@@ -27,7 +27,9 @@ def _triplet_dataset(paths: tuple[str, ...], limit: int | None) -> TripletDatase
 def _pair_dataset(config: TrainConfig) -> PairDataset:
     data = config.data
     if not data.pairs:
-        raise ValueError("the pretrain stage needs data.pairs (an image collection with captions)")
+        raise ValueError(
+            f"the {config.stage} stage needs data.pairs (an image collection with captions)"
+        )
     where = (("split", data.split),) if data.split else ()
     collection = open_collection(CollectionSpec(path=data.pairs, where=where))
     pairs = [
@@ -40,12 +42,12 @@ def _pair_dataset(config: TrainConfig) -> PairDataset:
             f"data.pairs {data.pairs!r} has no images with a {data.caption_field!r} caption"
             + (f" in split {data.split!r}" if data.split else "")
         )
-    return PairDataset(pairs, collection.load)
+    return PairDataset(pairs, collection.load, with_images=config.stage != "lm")
 
 
 def build_dataset(config: TrainConfig) -> tuple[Dataset, int, int]:
     """Return ``(dataset, n_generated, n_labelled)`` for the stage of ``config``."""
-    if config.stage == "pretrain":
+    if config.stage in ("pretrain", "lm"):
         dataset = _pair_dataset(config)
         return dataset, len(dataset), 0
     generated = _triplet_dataset(config.data.triplets, config.data.max_triplets)

@@ -37,6 +37,12 @@ def build_model(config: TrainConfig) -> CIRModel:
     )
     if config.text_init:
         load_text_encoder(model, config.text_init)
+    if config.vision_init:
+        from opencir.models.mllm import MLLMEmbedder, load_vision_encoder
+
+        if not isinstance(model, MLLMEmbedder):
+            raise ValueError("vision_init only applies to mllm-* models")
+        load_vision_encoder(model, config.vision_init)
     return model
 
 
@@ -69,6 +75,10 @@ class Task:
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
+
+    def text_tokenizer(self) -> Any:
+        """What the data loader tokenizes the batch texts with."""
+        return self.model.text_tokenizer()
 
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -191,7 +201,20 @@ TASKS: dict[str, type[Task]] = {"pretrain": PretrainTask, "cir": CIRTask, "combi
 
 
 def make_task(config: TrainConfig) -> Task:
-    return TASKS[config.stage](config, build_model(config))
+    from opencir.models.mllm import MLLMEmbedder
+    from opencir.train.mllm_tasks import MLLM_TASKS
+
+    model = build_model(config)
+    if isinstance(model, MLLMEmbedder):
+        if config.stage not in MLLM_TASKS:
+            raise ValueError(
+                f"stage {config.stage!r} does not apply to {model.config.name}; "
+                f"mllm-* models train with the stages {list(MLLM_TASKS)}"
+            )
+        return MLLM_TASKS[config.stage](config, model)
+    if config.stage not in TASKS:
+        raise ValueError(f"stage {config.stage!r} only applies to mllm-* models")
+    return TASKS[config.stage](config, model)
 
 
 class StepModule(nn.Module):
