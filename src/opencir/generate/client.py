@@ -38,6 +38,9 @@ class EndpointConfig:
     ``api="completions"`` sends the prompt as plain text (base, non-chat models);
     ``api_key`` falls back to ``$OPENAI_API_KEY`` and then to a dummy key, which local
     servers accept. ``rate_per_s`` caps request starts per second (``None``: no cap).
+    ``concurrency`` bounds requests in flight; the default (64) keeps a server that batches
+    up to 64 sequences busy (vLLM, TGI). A server with fewer slots (Ollama, one llama.cpp
+    process) queues the excess, which costs no throughput but counts against ``timeout_s``.
     """
 
     model: str
@@ -49,7 +52,7 @@ class EndpointConfig:
     max_retries: int = 4
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
-    concurrency: int = 8
+    concurrency: int = 64
     rate_per_s: float | None = None
     max_tokens: int = 64
     temperature: float = 0.0

@@ -187,12 +187,13 @@ def plan_pairs(
 async def _run_local_async(
     stages: Stages, tasks: Sequence[ShardTask], store: ShardStore, bar: tqdm
 ) -> None:
-    slots = asyncio.Semaphore(stages.config.inflight_shards)
+    slots = asyncio.Semaphore(stages.inflight_shards())
 
     async def one(index: int, pairs: list[Pair]) -> None:
         async with slots:
             records = await stages.process(pairs)
-            store.commit(index, pairs_digest(pairs), records)
+            # fsync off the event loop: the other shards' requests keep flowing meanwhile
+            await asyncio.to_thread(store.commit, index, pairs_digest(pairs), records)
             bar.update(len(pairs))
 
     try:

@@ -38,10 +38,13 @@ ENGINES = ("local", "ray")
 class GenerateConfig:
     """One generation run: source, output, how many pairs, and the three stages.
 
-    ``shard_size`` pairs are committed at a time; ``inflight_shards`` are processed at once
-    (so the writer stage of one overlaps the captioning of the next). ``verify_images``
-    decodes every image even when no stage needs pixels (sidecar captions + a text writer),
-    so unreadable images become recorded failures instead of training-time surprises.
+    ``shard_size`` pairs are committed at a time; at least ``inflight_shards`` are processed
+    at once (so the writer stage of one overlaps the loading and captioning of the next), and
+    more when the endpoints' concurrency needs them: enough pairs stay in flight to keep every
+    request slot busy across shard boundaries (:meth:`Stages.inflight_shards`).
+    ``verify_images`` decodes every image even when no stage needs pixels (sidecar captions +
+    a text writer), so unreadable images become recorded failures instead of training-time
+    surprises; the pixels are then dropped at once, so in-flight shards hold no images.
     """
 
     source: CollectionSpec
@@ -113,11 +116,28 @@ class Stages:
         self.cache = ResultCache(config.cache_path)
         self._pending: dict[str, asyncio.Future[Outcome]] = {}
         self.uses_captions = self.writer.needs_captions and config.captioner.kind != "none"
-        self.needs_pixels = (
-            config.verify_images
-            or config.captioner.kind in ("openai", "hf")
-            or (config.writer.kind == "pair-vlm")
+        self.keeps_pixels = config.captioner.kind in ("openai", "hf") or (
+            config.writer.kind == "pair-vlm"
         )
+        self.needs_pixels = config.verify_images or self.keeps_pixels
+
+    def concurrency(self) -> int:
+        """The most model requests this process keeps in flight at once (0: no model calls)."""
+        endpoints = [self.config.writer.endpoint] if self.config.writer.kind != "template" else []
+        if self.uses_captions and self.config.captioner.kind == "openai":
+            endpoints.append(self.config.captioner.endpoint)
+        return max((e.concurrency for e in endpoints if e is not None), default=0)
+
+    def inflight_shards(self) -> int:
+        """Shards processed at once: the configured floor, or enough for 2x the concurrency.
+
+        A shard's requests end in a tail (its last answers) and its next stage waits for its
+        images; with twice the request slots' worth of pairs in flight, other shards fill the
+        slots meanwhile, so the server never idles at a shard boundary.
+        """
+        size = self.config.shard_size
+        needed = -(-2 * self.concurrency() // size) + 1 if self.concurrency() else 1
+        return max(self.config.inflight_shards, needed)
 
     def provenance(self) -> dict[str, Any]:
         """What produced every triplet of this run (recorded per triplet and in the manifest)."""
@@ -141,9 +161,9 @@ class Stages:
             data = self.collection.read_bytes(key)
             job.sha = content_hash(data)
             if self.needs_pixels:
-                job.image = _shrink(
-                    load_image(data, self.config.source.max_pixels, key), self.config.image_max_side
-                )
+                image = load_image(data, self.config.source.max_pixels, key)
+                if self.keeps_pixels:  # else decoded only to verify it
+                    job.image = _shrink(image, self.config.image_max_side)
         except ImageLoadError as error:
             job.sha, job.error = None, error.reason
             log.debug("image %s failed: %s", key, error)
