@@ -1,11 +1,18 @@
 """Load test of the search API: N concurrent clients on loopback, p50/p99 latency and errors.
 
-Runs against a server it starts itself (on an index you name, or a tiny throw-away index
-built with a random-weight model), or against ``--url`` of one already running on loopback.
-The number of requests and the run time are both bounded. With its own server it also times
-the same queries through the library in-process, so the HTTP overhead shows as a ratio.
+Runs against a server it starts itself (on an index you name, a ShapesCIR gallery of
+``--gallery`` images indexed with the shipped S1 checkpoint, or a tiny throw-away index built
+with a random-weight model), or against ``--url`` of one already running on loopback. The
+number of requests and the run time are both bounded.
+
+With its own server it also times, in the same process and run, the model work alone
+(``encode_query`` + index search on the same queries), and reports the HTTP latency over it:
+once with one client (the API's own overhead) and once with ``--clients`` (overhead plus
+queueing), with the query micro-batcher on and, for comparison, off (``max_batch=1``, every
+query serialised behind the model).
 
     python benchmarks/load_search_api.py --clients 8 --requests 50
+    python benchmarks/load_search_api.py --gallery 100000 --clients 8 --requests 40
     python benchmarks/load_search_api.py --index runs/demo/index --clients 16 --duration 20
     python benchmarks/load_search_api.py --url http://127.0.0.1:8000 --mode upload
 """
@@ -16,7 +23,10 @@ import argparse
 import io
 import json
 import logging
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,15 +59,18 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
+    batches: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, ms: float, status: int | None, failure: str = "") -> None:
+    def add(self, ms: float, status: int | None, failure: str = "", batch: float = 0.0) -> None:
         with self.lock:
             self.latencies_ms.append(ms)
             if status is not None:
                 self.statuses[status] += 1
             if failure:
                 self.failures[failure] += 1
+            if batch:
+                self.batches.append(batch)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -67,37 +80,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def machine() -> dict[str, str | int]:
+    """CPU model and thread counts, printed with every figure."""
+    model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        lines = [line for line in out.splitlines() if line.startswith("Model name")]
+        model = lines[0].split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        pass
+    import torch
+
+    return {
+        "cpu": model,
+        "cpu_threads": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def uses_id(mode: str, i: int) -> bool:
+    return mode == "id" or (mode == "mixed" and i % 2 == 1)
+
+
 def one_request(client: httpx.Client, i: int, mode: str, count: int, upload: bytes, k: int):
     data = {"text": TEXTS[i % len(TEXTS)], "k": str(k)}
-    if mode == "id" or (mode == "mixed" and i % 2):
+    if uses_id(mode, i):
         return client.post("/search", data={**data, "id": str(i % count)})
     return client.post("/search", data=data, files={"image": ("q.png", upload, "image/png")})
 
 
 def client_loop(url: str, args: argparse.Namespace, worker: int, deadline: float, tally: Tally,
                 count: int, upload: bytes) -> None:  # fmt: skip
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=60) as client:
         for n in range(args.requests):
             if time.monotonic() > deadline:
                 return
             started = time.perf_counter()
+            batch, failure = 0.0, ""
             try:
                 response = one_request(client, worker * 7919 + n, args.mode, count, upload, args.k)
-                status, failure = (
-                    response.status_code,
-                    "" if response.is_success else response.json().get("code", "?"),
-                )
-            except httpx.HTTPError as error:
+                status, body = response.status_code, response.json()
+                if response.is_success:
+                    batch = float(body.get("timings_ms", {}).get("batch", 0.0))
+                else:
+                    failure = body.get("code", "?")
+            except (httpx.HTTPError, ValueError) as error:
                 status, failure = None, type(error).__name__
-            tally.add((time.perf_counter() - started) * 1e3, status, failure)
+            tally.add((time.perf_counter() - started) * 1e3, status, failure, batch)
 
 
-def run_load(url: str, args: argparse.Namespace, count: int, upload: bytes) -> tuple[Tally, float]:
+def run_load(
+    url: str, args: argparse.Namespace, count: int, upload: bytes, clients: int
+) -> tuple[Tally, float]:
     tally = Tally()
     deadline = time.monotonic() + args.duration
     started = time.perf_counter()
-    with ThreadPoolExecutor(args.clients) as pool:
-        for worker in range(args.clients):
+    with ThreadPoolExecutor(clients) as pool:
+        for worker in range(clients):
             pool.submit(client_loop, url, args, worker, deadline, tally, count, upload)
     return tally, time.perf_counter() - started
 
@@ -105,14 +144,32 @@ def run_load(url: str, args: argparse.Namespace, count: int, upload: bytes) -> t
 def library_p50(
     searcher: Searcher, count: int, upload_image: Image.Image, n: int, k: int, mode: str
 ) -> float:
-    """Median in-process latency of the same queries (no HTTP), for the overhead ratio."""
+    """Median in-process latency of the same queries through ``Searcher.search`` (no HTTP)."""
     times = []
     for i in range(n):
         started = time.perf_counter()
-        if mode == "id" or (mode == "mixed" and i % 2):
+        if uses_id(mode, i):
             searcher.search(TEXTS[i % len(TEXTS)], reference_id=i % count, k=k)
         else:
             searcher.search(TEXTS[i % len(TEXTS)], image=upload_image, k=k)
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def model_p50(
+    searcher: Searcher, count: int, upload_image: Image.Image, n: int, k: int, mode: str
+) -> float:
+    """Median of the model work alone: ``encode_query`` + index search, references preloaded."""
+    times = []
+    for i in range(n):
+        exclude: set[int] = set()
+        image = upload_image
+        if uses_id(mode, i):
+            item = searcher.index.get(i % count)
+            image, exclude = searcher.load_gallery_image(item), {item.id}
+        started = time.perf_counter()
+        vector = searcher.model.encode_query([image], [TEXTS[i % len(TEXTS)]])
+        searcher.index.search(vector, k, [exclude])
         times.append((time.perf_counter() - started) * 1e3)
     return statistics.median(times)
 
@@ -139,18 +196,41 @@ def tiny_index(workdir: Path) -> Path:
     return workdir / "index"
 
 
-def report(
-    tally: Tally, elapsed: float, args: argparse.Namespace, library_ms: float | None
-) -> dict:
+def shapes_gallery(size: int, cache: Path) -> Path:
+    """ShapesCIR images (64 px, seed 0) indexed with the shipped S1 checkpoint; built once.
+
+    Every vector is a real ``encode_target`` of a real rendered image, written by
+    ``build_index`` (exact ``Flat`` index). Building 100k takes several minutes on 2 cores,
+    so the index is kept in ``cache`` and reused; an interrupted build resumes.
+    """
+    import opencir
+    from opencir.data.worlds import generate_shapes_world
+    from opencir.demo import shipped_checkpoint
+    from opencir.index import BuildConfig, build_index
+
+    root = cache / f"shapes-{size}"
+    index = root / "index"
+    if (index / "manifest.json").is_file():
+        return index
+    world = root / "world"
+    workers = os.cpu_count() or 1
+    generate_shapes_world(
+        world, n_train=size, n_test=0, n_queries=0, n_val_queries=0, seed=0, workers=workers
+    )
+    checkpoint = shipped_checkpoint("shapes-s1-gt")
+    if checkpoint is None:
+        raise SystemExit("the shipped checkpoint shapes-s1-gt is missing from this install")
+    config = BuildConfig(batch_size=256, workers=2, shard_size=8192)
+    build_index(opencir.load(checkpoint), world / "images.jsonl", index, config, str(checkpoint))
+    return index
+
+
+def summary(tally: Tally, elapsed: float) -> dict:
     latencies = tally.latencies_ms
     total = len(latencies)
-    errors = total - tally.statuses.get(200, 0)
-    result = {
-        "clients": args.clients,
-        "mode": args.mode,
-        "k": args.k,
+    return {
         "requests": total,
-        "errors": errors,
+        "errors": total - tally.statuses.get(200, 0),
         "statuses": dict(tally.statuses),
         "failures": dict(tally.failures),
         "seconds": round(elapsed, 2),
@@ -159,7 +239,14 @@ def report(
         "p90_ms": round(percentile(latencies, 90), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
         "max_ms": round(max(latencies, default=float("nan")), 2),
+        "mean_batch": round(statistics.fmean(tally.batches), 2) if tally.batches else None,
     }
+
+
+def report(
+    tally: Tally, elapsed: float, args: argparse.Namespace, library_ms: float | None
+) -> dict:
+    result = {"clients": args.clients, "mode": args.mode, "k": args.k, **summary(tally, elapsed)}
     if library_ms is not None:
         result["library_p50_ms"] = round(library_ms, 2)
         result["http_p50_over_library_p50"] = round(result["p50_ms"] / library_ms, 2)
@@ -171,6 +258,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--url", help="a running server on loopback (else one is started here)")
     source.add_argument("--index", help="index to serve (default: a tiny throw-away index)")
+    source.add_argument(
+        "--gallery", type=int, help="serve a ShapesCIR gallery of this many images (built once)"
+    )
+    parser.add_argument("--cache-dir", default="runs/bench", help="where --gallery is kept")
     parser.add_argument(
         "--clients", type=int, default=8, help=f"concurrent clients (<= {MAX_CLIENTS})"
     )
@@ -178,6 +269,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=30.0, help=f"seconds (<= {MAX_DURATION})")
     parser.add_argument("--mode", choices=("id", "upload", "mixed"), default="mixed")
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the serialised (max_batch=1) server"
+    )
     parser.add_argument("--json", help="also write the result as JSON here")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS or not 1 <= args.requests <= MAX_REQUESTS:
@@ -202,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     upload = buffer.getvalue()
     if args.url:
         info = httpx.get(f"{args.url}/info", timeout=10).json()
-        tally, elapsed = run_load(args.url, args, info["count"], upload)
+        tally, elapsed = run_load(args.url, args, info["count"], upload, args.clients)
         result = report(tally, elapsed, args, None)
     else:
         result = self_hosted(args, upload, upload_image)
@@ -212,20 +306,65 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["errors"] == 0 else 1
 
 
-def self_hosted(args: argparse.Namespace, upload: bytes, upload_image: Image.Image) -> dict:
-    from opencir.index import Searcher
+def serve_and_load(
+    index: Path, args: argparse.Namespace, count: int, upload: bytes, max_batch: int
+) -> tuple[dict, tuple[Tally, float]]:
+    """A fresh server on ``index``: one client alone, then ``--clients`` at once."""
     from opencir.serve import ServeConfig, create_app, start_in_thread
 
+    app = create_app(ServeConfig(index=str(index), max_batch=max_batch))
+    logging.getLogger("opencir.serve.access").setLevel(logging.WARNING)
+    with start_in_thread(app) as server:
+        wait_ready(server.url)
+        single = summary(*run_load(server.url, args, count, upload, 1))
+        many = run_load(server.url, args, count, upload, args.clients)
+    return single, many
+
+
+def wait_ready(url: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become ready within {timeout} s")
+        time.sleep(0.1)
+
+
+def self_hosted(args: argparse.Namespace, upload: bytes, upload_image: Image.Image) -> dict:
+    from opencir.index import Searcher
+    from opencir.serve.batching import DEFAULT_MAX_BATCH
+
     with tempfile.TemporaryDirectory() as workdir:
-        index = Path(args.index) if args.index else tiny_index(Path(workdir))
+        if args.gallery:
+            index = shapes_gallery(args.gallery, Path(args.cache_dir))
+        else:
+            index = Path(args.index) if args.index else tiny_index(Path(workdir))
         searcher = Searcher.open(index)
         count = len(searcher.index)
+        searcher.search(TEXTS[0], image=upload_image, k=args.k)  # warm up lazy init
+        model_ms = model_p50(searcher, count, upload_image, 40, args.k, args.mode)
         library_ms = library_p50(searcher, count, upload_image, 40, args.k, args.mode)
-        app = create_app(ServeConfig(index=str(index)), searcher)
-        logging.getLogger("opencir.serve.access").setLevel(logging.WARNING)
-        with start_in_thread(app) as server:
-            tally, elapsed = run_load(server.url, args, count, upload)
-        return report(tally, elapsed, args, library_ms)
+        searcher.close()
+        single, many = serve_and_load(index, args, count, upload, DEFAULT_MAX_BATCH)
+        result = report(*many, args, library_ms)
+        result.update(ratios(single, result, model_ms), gallery=count, machine=machine())
+        if not args.no_compare:
+            single_1, many_1 = serve_and_load(index, args, count, upload, 1)
+            result["serialised"] = {
+                "max_batch": 1,
+                "single_client": single_1,
+                **summary(*many_1),
+                **ratios(single_1, summary(*many_1), model_ms),
+            }
+        return result
+
+
+def ratios(single: dict, many: dict, model_ms: float) -> dict:
+    return {
+        "model_p50_ms": round(model_ms, 2),
+        "single_client": single,
+        "single_p50_over_model_p50": round(single["p50_ms"] / model_ms, 3),
+        "http_p50_over_model_p50": round(many["p50_ms"] / model_ms, 3),
+    }
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ answers 503 until then (or for good, with the reason, if loading failed).
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from opencir.data.images import DEFAULT_MAX_PIXELS
 from opencir.index.search import QueryLimits, Searcher, SearchResult, check_k, clean_text
 from opencir.index.store import Item
 from opencir.serve import schemas
+from opencir.serve.batching import DEFAULT_MAX_BATCH, PreparedQuery, QueryBatcher
 from opencir.serve.errors import ApiError, install_error_handlers
 from opencir.serve.images import WEB_FORMATS, Thumbnails, decode_upload, render_png
 from opencir.serve.middleware import RequestMiddleware
@@ -49,12 +51,15 @@ class ServeConfig:
     max_text_chars: int = 500
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     verify: bool = False
+    max_batch: int = DEFAULT_MAX_BATCH  # queries encoded together when requests overlap
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError(f"default_k must be in 1..max_k ({self.max_k}), got {self.default_k}")
         if self.max_upload_bytes < 1024:
             raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
 
     @property
     def limits(self) -> QueryLimits:
@@ -62,12 +67,14 @@ class ServeConfig:
 
 
 class Engine:
-    """Holds the searcher; loads it off the event loop and reports why it is not ready."""
+    """Holds the searcher and its query batcher; loads them off the event loop."""
 
     def __init__(self, config: ServeConfig, searcher: Searcher | None = None) -> None:
         self.config, self.searcher = config, searcher
         self.error = "" if searcher or config.index else "no index configured"
         self._thread: threading.Thread | None = None
+        self._batcher: QueryBatcher | None = None
+        self._batcher_lock = threading.Lock()
 
     def start(self) -> None:
         if self.searcher is None and self.config.index and self._thread is None:
@@ -99,7 +106,19 @@ class Engine:
             raise ApiError(503, "index_not_loaded", detail)
         return self.searcher
 
+    def batcher(self) -> QueryBatcher:
+        """The batcher of the ready searcher (started on first use)."""
+        searcher = self.require()
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = QueryBatcher(searcher, self.config.max_batch)
+            return self._batcher
+
     def close(self) -> None:
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher.close()
+                self._batcher = None
         if self.searcher is not None:
             self.searcher.close()
 
@@ -256,13 +275,20 @@ def _add_search_route(app: FastAPI, engine: Engine, config: ServeConfig) -> None
         data = await image.read() if image is not None else None
         if image is not None and not data and not image.filename:
             data = None  # an empty file field, as browsers send when nothing was chosen
-        result = await run_in_threadpool(
-            _run_search, searcher, config, text, k, id, data, exclude_reference
+        started = time.perf_counter()
+        query, reference = await run_in_threadpool(
+            _prepare, searcher, config, text, k, id, data, exclude_reference
+        )
+        loaded = time.perf_counter()
+        answer = await engine.batcher().search(query)
+        timings = {"load": (loaded - started) * 1e3, **answer.timings_ms}
+        result = SearchResult(
+            query.text, query.k, answer.hits, reference, answer.text_truncated, timings
         )
         return _response(request, result, uploaded=data is not None)
 
 
-def _run_search(
+def _prepare(
     searcher: Searcher,
     config: ServeConfig,
     text: str | None,
@@ -270,21 +296,24 @@ def _run_search(
     item_id: int | None,
     data: bytes | None,
     exclude_reference: bool,
-) -> SearchResult:
-    """Validate cheap things first (text, k, reference choice), then decode and search."""
-    clean_text(text or "", config.max_text_chars)
+) -> tuple[PreparedQuery, Item | None]:
+    """Validate cheap things first (text, k, reference choice), then decode or load the image.
+
+    Runs in a request thread, so decoding overlaps the model work of other requests.
+    """
+    cleaned = clean_text(text or "", config.max_text_chars)
     check_k(k, config.limits)
     if data is not None and item_id is not None:
         raise ApiError(422, "ambiguous_reference", "give an image or an id, not both", "id")
     if data is None and item_id is None:
         raise ApiError(422, "missing_reference", "give a reference: an image or an id", "image")
     if item_id is not None:
-        _lookup(searcher, item_id)
-        return searcher.search(
-            text or "", reference_id=item_id, k=k, exclude_reference=exclude_reference
-        )
-    image = decode_upload(data or b"", config.formats, config.max_pixels)
-    return searcher.search(text or "", image=image, k=k)
+        reference = _lookup(searcher, item_id)
+        pixels = searcher.load_gallery_image(reference)
+        exclude = frozenset({reference.id}) if exclude_reference else frozenset()
+        return PreparedQuery(pixels, cleaned, k, exclude), reference
+    pixels = decode_upload(data or b"", config.formats, config.max_pixels)
+    return PreparedQuery(pixels, cleaned, k), None
 
 
 def _response(request: Request, result: SearchResult, uploaded: bool) -> schemas.SearchResponse:
