@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A miniature world end to end on a CPU: world → image–text pretraining → zero-shot
 # triplets → S1 + ablations + baselines + supervised ceiling + data-scaling curve →
+# S2 (the MLLM embedder: decoder LM pretraining, stage 1, stage 2, ablations) →
 # evaluation table. Every step is an `opencir` command; rerunning skips finished steps.
 #   bash recipes/miniature/run.sh shapes|emoji      # OUT=runs/<world>-tiny by default
 set -euo pipefail
@@ -68,7 +69,19 @@ for n in $SCALING; do
 done
 train s1-combiner "$RECIPES/combiner-stage.yaml" init="$OUT/s1/final" "$GEN"
 
-for name in combiner-baseline s1 s1-no-ema s1-no-xattn s1-gt s1-combiner; do
+# S2: the MLLM embedder on the same ViT, a small decoder pretrained on the alt text, then
+# stage 1 (joint embedding on image–alt-text pairs) and stage 2 (instruction tuning on the
+# generated triplets); ablations: stage 2 without stage 1, and stage 2 on ground truth.
+PAIRS_DATA="data.pairs=$W/images.jsonl"
+train mllm-lm "$RECIPES/mllm-lm.yaml" vision_init="$BB" "$PAIRS_DATA"
+train mllm-stage1 "$RECIPES/mllm-stage1.yaml" init="$OUT/mllm-lm/final" "$PAIRS_DATA"
+train mllm-s2 "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1/final" "$GEN"
+train mllm-s2-no-stage1 "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-lm/final" "$GEN"
+train mllm-s2-gt "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1/final" "data.triplets=[]" \
+  "data.labelled=[$OUT/gt]" data.labelled_ratio=1.0
+
+for name in combiner-baseline s1 s1-no-ema s1-no-xattn s1-gt s1-combiner \
+  mllm-stage1 mllm-s2 mllm-s2-no-stage1 mllm-s2-gt; do
   evaluate "$name" "$OUT/$name/final"
 done
 scaling=()
@@ -84,6 +97,9 @@ scaling+=("$PAIRS=$OUT/results/s1.json")
   "S1 full=$OUT/results/s1.json" "S1 + combiner (Eq. 3)=$OUT/results/s1-combiner.json" \
   "S1 w/o EMA=$OUT/results/s1-no-ema.json" "S1 w/o cross-attention=$OUT/results/s1-no-xattn.json" \
   "S1 on ground-truth triplets=$OUT/results/s1-gt.json" \
+  "S2 stage 1 only=$OUT/results/mllm-stage1.json" "S2 full (stages 1+2)=$OUT/results/mllm-s2.json" \
+  "S2 w/o stage 1=$OUT/results/mllm-s2-no-stage1.json" \
+  "S2 on ground-truth triplets=$OUT/results/mllm-s2-gt.json" \
   --out "$OUT/table.md" --scaling "${scaling[@]}" --plot "$OUT/scaling.png" \
   --baselines "image-only,sum,combiner,S1 on ground-truth triplets"
 cat "$OUT/table.md"
