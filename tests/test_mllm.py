@@ -238,3 +238,24 @@ def test_evaluates_through_the_eval_command(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "r.json").read_text())
     assert 0.0 <= result["metrics"]["R@1"] <= 100.0
     assert result["model_fingerprint"] == opencir.load(tmp_path / "ckpt").fingerprint()
+
+
+def test_indexes_and_searches_like_any_model(tmp_path: Path) -> None:
+    from opencir.index import Searcher, build_index
+    from tests.test_serve_support import FAST, make_gallery
+
+    opencir.create_model("mllm-tiny").save(tmp_path / "ckpt")
+    paths = make_gallery(tmp_path / "gallery", 6)
+    model = opencir.load(tmp_path / "ckpt")
+    manifest = build_index(
+        model, tmp_path / "gallery", tmp_path / "index", FAST, str(tmp_path / "ckpt")
+    )
+    searcher = Searcher.open(tmp_path / "index")
+    reference = Image.open(paths[0]).convert("RGB")
+    result = searcher.search("make it blue", image=reference, k=3)
+    searcher.close()
+    assert manifest.count == 6 and len(result.hits) == 3
+    expected = model.encode_query([reference], ["make it blue"])
+    gallery = model.encode_target([Image.open(p).convert("RGB") for p in paths])
+    best = int((expected @ gallery.T).argmax())
+    assert result.hits[0].item.path.name == Path(paths[best]).name
