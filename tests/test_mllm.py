@@ -259,3 +259,12 @@ def test_indexes_and_searches_like_any_model(tmp_path: Path) -> None:
     gallery = model.encode_target([Image.open(p).convert("RGB") for p in paths])
     best = int((expected @ gallery.T).argmax())
     assert result.hits[0].item.path.name == Path(paths[best]).name
+
+
+def test_stage_two_runs_under_bf16_autocast(world: Path, tmp_path: Path) -> None:  # noqa: F811
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+    result = train(_stage(tmp_path, "cir", "bf16", data=data, precision="bf16"), progress=False)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert opencir.load(result.final).mllm.language_model.layers[0].mlp.up_proj.weight.dtype == (
+        torch.float32
+    )  # autocast computes in bf16, the weights stay float32
