@@ -7,6 +7,7 @@ none of them times anything. The throughput figures are in ``benchmarks/generate
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -127,3 +128,30 @@ def test_inflight_shards_follow_the_concurrency(world: Path, tmp_path: Path) -> 
     assert wide.inflight_shards() == 3  # 2 x 256 pairs in 256-pair shards, plus one
     assert narrow.inflight_shards() == 2  # the configured floor
     assert Stages(_config(world, tmp_path / "c", None)).inflight_shards() == 2
+
+
+@pytest.mark.parametrize("stage", ["captioner", "pair-vlm"])
+def test_images_are_encoded_off_the_event_loop(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    from opencir.generate import captioners, writers
+
+    module = captioners if stage == "captioner" else writers
+    threads: list[int] = []
+    original = module.user_content
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "user_content", recording)
+    with FakeLLMServer() as server:
+        endpoint = _endpoint(server, concurrency=8)
+        if stage == "captioner":
+            stages = {"captioner": CaptionerConfig(kind="openai", endpoint=endpoint)}
+            stages["writer"] = WriterConfig(kind="llm", endpoint=endpoint)
+        else:
+            stages = {"writer": WriterConfig(kind="pair-vlm", endpoint=endpoint)}
+        report = generate(_config(world, tmp_path / "out", None, pairs=10, **stages))
+    assert report.triplets > 0 and threads
+    assert threading.get_ident() not in threads  # the loop runs here; JPEG encoding did not

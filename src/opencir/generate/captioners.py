@@ -130,7 +130,10 @@ class OpenAICaptioner(Captioner):
 
     async def caption_one(self, job: ImageJob) -> Outcome:
         assert job.image is not None
-        content = user_content(self.prompt, [job.image], self.endpoint.image_max_side)
+        # JPEG + base64 of the image takes milliseconds: off the loop, other requests flow on
+        content = await asyncio.to_thread(
+            user_content, self.prompt, [job.image], self.endpoint.image_max_side
+        )
         try:
             answer = await self.client.complete(content)
         except RequestError as error:

@@ -74,6 +74,7 @@ class _ModelWriter(ChangeWriter):
     """Shared ask → validate → maybe ask again loop of the two model writers."""
 
     default_prompt = ""
+    sends_images = False
 
     def __init__(self, config: WriterConfig, seed: int = 0) -> None:
         assert config.endpoint is not None
@@ -99,7 +100,10 @@ class _ModelWriter(ChangeWriter):
         raise NotImplementedError
 
     async def write_one(self, job: PairJob) -> Outcome:
-        content = self.content(job)
+        # encoding images takes milliseconds: off the event loop, other requests flow on
+        content = (
+            await asyncio.to_thread(self.content, job) if self.sends_images else self.content(job)
+        )
         usage, last = Usage(), Rejection("empty", "")
         seed = stable_seed(self.seed, job.pair.reference, job.pair.target)
         for attempt in range(self.config.reject_retries + 1):
@@ -147,6 +151,7 @@ class PairVLMWriter(_ModelWriter):
     kind = "pair-vlm"
     default_prompt = PAIR_PROMPT
     needs_captions = False
+    sends_images = True
 
     def content(self, job: PairJob) -> Any:
         assert job.reference.image is not None and job.target.image is not None
