@@ -1,4 +1,4 @@
-"""Models: registry, backbones, S1 reformulation network, S2 MLLM embedder, baselines, checkpoints."""
+"""Models: registry, backbones, S1 reformulation network, S2 MLLM embedder, baselines."""
 
 from opencir.models.base import CIRModel, Retriever
 from opencir.models.checkpoint import CheckpointError, load

@@ -142,16 +142,29 @@ def load_tower(config: BackboneConfig, pretrained: str) -> tuple[DualTower, Back
     family = get_family(config.family)
     hf = own_memory(load_pretrained_hf(config.family, pretrained))
     location, _ = resolve_source(pretrained)
-    size = hf.config.vision_config.image_size
-    resolved = dataclasses.replace(
+    resolved = resolved_backbone(
         config,
-        architecture=architecture_dict(hf.config),
-        preprocess=read_preprocessor(location, size, config.preprocess),
+        hf.config,
+        pretrained,
         max_text_length=min(config.max_text_length, hf.config.text_config.max_position_embeddings),
-        pretrained=pretrained,
         text_source=_backbone_meta(location).get("text_source"),
     )
     return family.tower(hf), resolved
+
+
+def resolved_backbone(
+    config: BackboneConfig, hf_config: Any, source: str, **changes: Any
+) -> BackboneConfig:
+    """``config`` updated with the architecture and preprocessing weights from ``source`` have."""
+    location, _ = resolve_source(source)
+    size = hf_config.vision_config.image_size
+    return dataclasses.replace(
+        config,
+        architecture=architecture_dict(hf_config),
+        preprocess=read_preprocessor(location, size, config.preprocess),
+        pretrained=source,
+        **changes,
+    )
 
 
 def _backbone_meta(location: str) -> dict[str, Any]:

@@ -326,25 +326,10 @@ def load_llava(backbone: BackboneConfig, source: str) -> tuple[nn.Module, Backbo
     """LLaVA weights from a hub id or a ``save_pretrained`` directory (the LM head is dropped)."""
     from transformers import LlavaForConditionalGeneration
 
-    from opencir.models.loading import (
-        architecture_dict,
-        from_pretrained,
-        own_memory,
-        read_preprocessor,
-        resolve_source,
-    )
+    from opencir.models.loading import from_pretrained, own_memory, resolved_backbone
 
-    full = from_pretrained(LlavaForConditionalGeneration, source)
-    model = own_memory(full.model)
-    location, _ = resolve_source(source)
-    size = model.config.vision_config.image_size
-    resolved = dataclasses.replace(
-        backbone,
-        architecture=architecture_dict(model.config),
-        preprocess=read_preprocessor(location, size, backbone.preprocess),
-        pretrained=source,
-    )
-    return model, resolved
+    model = own_memory(from_pretrained(LlavaForConditionalGeneration, source).model)
+    return model, resolved_backbone(backbone, model.config, source)
 
 
 def load_vision_encoder(model: MLLMEmbedder, source: str) -> None:
