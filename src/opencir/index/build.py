@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from opencir.atomic import fsync_tree, swap_in
 from opencir.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from opencir.index.exact import column_scale, write_codes
 from opencir.index.manifest import (
     EMBEDDINGS_FILE,
     ITEMS_FILE,
@@ -39,6 +40,8 @@ from opencir.index.manifest import (
 from opencir.index.resolve import canonical_spec
 from opencir.index.sources import ImageSource, iter_sources
 from opencir.index.store import GalleryIndex, iter_item_rows, write_items
+from opencir.index.stream import NpyWriter, iter_npy_rows, write_flat_faiss
+from opencir.index.tuning import configure_faiss
 
 log = logging.getLogger(__name__)
 
@@ -441,28 +444,24 @@ def _write_index(
             "the index would be empty: "
             + ("every image would be removed" if base else "no readable images (see warnings)")
         )
-    embeddings = np.lib.format.open_memmap(
-        staging / EMBEDDINGS_FILE, "w+", np.float32, (total, dim)
-    )
     ids = np.empty(total, np.int64)
-    skipped = _copy_base(staging, base, kept, embeddings, ids)
-    row = len(kept)
-    for vectors, rows, bad in _iter_new(new, start_id):
-        if rows:
-            embeddings[row : row + len(rows)] = vectors
-            ids[row : row + len(rows)] = [r[0] for r in rows]
-            write_items(staging / ITEMS_FILE, rows)
-            row += len(rows)
-        for added in rows:
-            skipped.pop(added[1], None)
-        skipped.update((record["name"], record) for record in bad)
-    embeddings.flush()
+    peak = np.zeros(dim, np.float32)  # per-column max |value|, for the int8 codes
+    with NpyWriter(staging / EMBEDDINGS_FILE, np.float32, (total, dim)) as writer:
+        skipped = _copy_base(staging, base, kept, writer, ids, peak)
+        row = len(kept)
+        for vectors, rows, bad in _iter_new(new, start_id):
+            if rows:
+                writer.write(vectors)
+                np.maximum(peak, np.abs(vectors).max(axis=0), out=peak)
+                ids[row : row + len(rows)] = [r[0] for r in rows]
+                write_items(staging / ITEMS_FILE, rows)
+                row += len(rows)
+            for added in rows:
+                skipped.pop(added[1], None)
+            skipped.update((record["name"], record) for record in bad)
     _write_skipped(staging / SKIPPED_FILE, list(skipped.values()))
-    index = _faiss_index(staging, base, config, embeddings, ids, remove, len(kept))
-    import faiss
-
-    faiss.write_index(index, str(staging / VECTORS_FILE))
-    del embeddings
+    factory = base.manifest.factory if base else config.factory
+    _write_vectors(staging, factory, base, config, ids, remove, len(kept), peak)
     next_id = start_id + new.count
     manifest = _manifest(info, config, base, dim, total, next_id, list(skipped.values()))
     manifest = manifest.with_files(staging)
@@ -491,19 +490,22 @@ def _copy_base(
     staging: Path,
     base: GalleryIndex | None,
     kept: np.ndarray,
-    embeddings: np.ndarray,
+    writer: NpyWriter,
     ids: np.ndarray,
+    peak: np.ndarray,
 ) -> dict[str, dict]:
     """Copy the kept base rows and items into ``staging``; return the skipped records by name."""
     if base is None:
         return {}
-    source = base.embeddings()
     base_ids = np.fromiter(
         (r[0] for r in iter_item_rows(base.folder / ITEMS_FILE)), np.int64, len(base)
     )
     for start in range(0, len(kept), _ADD_CHUNK):
         part = kept[start : start + _ADD_CHUNK]
-        embeddings[start : start + len(part)] = source[part]
+        # A fresh map per chunk: its pages leave the resident set when it is dropped.
+        rows = np.load(base.folder / EMBEDDINGS_FILE, mmap_mode="r")[part]
+        writer.write(rows)
+        np.maximum(peak, np.abs(rows).max(axis=0), out=peak)
         ids[start : start + len(part)] = base_ids[part]
     keep = set(base_ids[kept].tolist())
     write_items(
@@ -522,11 +524,37 @@ def _write_skipped(path: Path, skipped: list[dict]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _faiss_index(
+def _write_vectors(
     staging: Path,
+    factory: str,
     base: GalleryIndex | None,
     config: BuildConfig,
-    embeddings: np.ndarray,
+    ids: np.ndarray,
+    remove: set[int],
+    n_kept: int,
+    peak: np.ndarray,
+) -> None:
+    """Write the FAISS file (and, for flat indexes, the int8 codes) from the embeddings file.
+
+    A flat index is streamed to disk chunk by chunk; other types are built in memory (their
+    codes are what FAISS searches, so they live in RAM anyway) and then written.
+    """
+    import faiss
+
+    embeddings = staging / EMBEDDINGS_FILE
+    if factory == "Flat":
+        rows = iter_npy_rows(embeddings, 0, _ADD_CHUNK)
+        chunks = write_codes(staging, rows, len(ids), column_scale(peak))
+        write_flat_faiss(staging / VECTORS_FILE, len(peak), chunks, ids)
+        return
+    index = _faiss_index(base, config, embeddings, ids, remove, n_kept)
+    faiss.write_index(index, str(staging / VECTORS_FILE))
+
+
+def _faiss_index(
+    base: GalleryIndex | None,
+    config: BuildConfig,
+    embeddings: Path,
     ids: np.ndarray,
     remove: set[int],
     n_kept: int,
@@ -534,6 +562,7 @@ def _faiss_index(
     """Extend the base FAISS index, rebuild it after removals, or train a new one."""
     import faiss
 
+    configure_faiss()
     if base is not None:
         index = faiss.read_index(str(base.folder / VECTORS_FILE))  # writable copy
         if remove:
@@ -542,7 +571,8 @@ def _faiss_index(
         else:
             _add_chunks(index, embeddings, ids, n_kept)
         return index
-    inner = faiss.index_factory(embeddings.shape[1], config.factory, faiss.METRIC_INNER_PRODUCT)
+    dim = int(np.load(embeddings, mmap_mode="r").shape[1])
+    inner = faiss.index_factory(dim, config.factory, faiss.METRIC_INNER_PRODUCT)
     index = faiss.IndexIDMap2(inner)
     if not index.is_trained:
         _train(index, embeddings, config)
@@ -550,13 +580,16 @@ def _faiss_index(
     return index
 
 
-def _train(index: Any, embeddings: np.ndarray, config: BuildConfig) -> None:
+def _train(index: Any, embeddings: Path, config: BuildConfig) -> None:
     rng = np.random.default_rng(config.seed)
-    n = len(embeddings)
+    vectors = np.load(embeddings, mmap_mode="r")
+    n = len(vectors)
     rows = np.sort(rng.choice(n, size=min(n, config.train_size), replace=False))
     log.info("training %s on %d of %d vectors", config.factory, len(rows), n)
+    sample = np.ascontiguousarray(vectors[rows])
+    del vectors  # unmap: only the sample stays resident
     try:
-        index.train(np.ascontiguousarray(embeddings[rows]))
+        index.train(sample)
     except RuntimeError as error:
         raise GalleryIndexError(
             f"cannot train index factory {config.factory!r} on {len(rows)} vectors: "
@@ -564,10 +597,11 @@ def _train(index: Any, embeddings: np.ndarray, config: BuildConfig) -> None:
         ) from error
 
 
-def _add_chunks(index: Any, embeddings: np.ndarray, ids: np.ndarray, start: int) -> None:
-    for begin in range(start, len(embeddings), _ADD_CHUNK):
-        end = min(begin + _ADD_CHUNK, len(embeddings))
-        index.add_with_ids(np.ascontiguousarray(embeddings[begin:end]), ids[begin:end])
+def _add_chunks(index: Any, embeddings: Path, ids: np.ndarray, start: int) -> None:
+    begin = start
+    for chunk in iter_npy_rows(embeddings, start, _ADD_CHUNK):
+        index.add_with_ids(chunk, ids[begin : begin + len(chunk)])
+        begin += len(chunk)
 
 
 def _manifest(

@@ -25,7 +25,16 @@ VECTORS_FILE = "vectors.faiss"
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.sqlite"
 SKIPPED_FILE = "skipped.jsonl"
-DATA_FILES = (VECTORS_FILE, EMBEDDINGS_FILE, ITEMS_FILE, SKIPPED_FILE)
+CODES_FILE = "codes.int8.npy"  # flat indexes: int8 codes of the embeddings (exact search)
+CODES_INFO_FILE = "codes.json"  # their column scales and error bounds
+DATA_FILES = (
+    VECTORS_FILE,
+    EMBEDDINGS_FILE,
+    ITEMS_FILE,
+    SKIPPED_FILE,
+    CODES_FILE,
+    CODES_INFO_FILE,
+)
 
 
 class GalleryIndexError(ValueError):

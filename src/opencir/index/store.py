@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from opencir.index.exact import ExactSearch, exact_kernels_available
 from opencir.index.manifest import (
     EMBEDDINGS_FILE,
     ITEMS_FILE,
@@ -23,6 +24,7 @@ from opencir.index.manifest import (
     check_model,
     read_manifest,
 )
+from opencir.index.tuning import configure_faiss
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class GalleryIndex:
 
     def __init__(self, folder: Path, manifest: Manifest, vectors: Any, items: ItemTable) -> None:
         self.folder, self.manifest, self.vectors, self.items = folder, manifest, vectors, items
+        self.exact = _exact_search(folder, manifest, vectors)
 
     @classmethod
     def open(
@@ -152,6 +155,7 @@ class GalleryIndex:
         """Open ``folder``; ``verify`` checks SHA-256 of every file (sizes are always checked)."""
         import faiss
 
+        configure_faiss()
         folder = Path(folder)
         manifest = read_manifest(folder)
         check_files(folder, manifest, checksums=verify)
@@ -226,7 +230,8 @@ class GalleryIndex:
         fetch = min(k + extra, len(self))
         if fetch == 0:
             return [[] for _ in range(len(matrix))]
-        scores, ids = self.vectors.search(matrix, fetch)
+        search = self.exact.search if self.exact is not None else self.vectors.search
+        scores, ids = search(matrix, fetch)
         found = self.items.many(sorted({int(i) for i in ids.ravel() if i >= 0}))
         return [
             _ranked(scores[q], ids[q], found, set(exclude[q]) if exclude else set(), k)
@@ -235,6 +240,17 @@ class GalleryIndex:
 
     def close(self) -> None:
         self.items.close()
+
+
+def _exact_search(folder: Path, manifest: Manifest, vectors: Any) -> ExactSearch | None:
+    """The int8-bounded exact search of a flat index; None (FAISS searches) for other types."""
+    if manifest.factory != "Flat" or not exact_kernels_available():
+        return None
+    import faiss
+
+    ids = faiss.vector_to_array(vectors.id_map).astype(np.int64)
+    embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+    return ExactSearch.open(folder, embeddings, ids)
 
 
 def _as_matrix(queries: Any, dim: int) -> np.ndarray:

@@ -1,0 +1,161 @@
+"""Search and build internals tuned for speed and memory: FAISS settings, the int8-bounded exact
+search of flat indexes, and the streaming writers used by the build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from opencir.index import BuildConfig, GalleryIndex, add_images, build_index, remove_images
+from opencir.index.exact import CodeInfo, ExactSearch, column_scale, quantize
+from opencir.index.manifest import CODES_FILE, CODES_INFO_FILE
+from opencir.index.stream import NpyWriter, iter_npy_rows, write_flat_faiss
+from opencir.index.tuning import FaissSettings, available_cpus, configure_faiss
+from tests.test_serve_support import FAST, FakeRetriever, solid_images
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    rows = rng.standard_normal((n, d), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _clustered(rng: np.random.Generator, n: int, d: int, centres: int = 20) -> np.ndarray:
+    means = _unit(rng, centres, d)
+    rows = means[rng.integers(0, centres, n)] + 0.3 * _unit(rng, n, d)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _searcher(vectors: np.ndarray, ids: np.ndarray | None = None) -> ExactSearch:
+    scale = column_scale(np.abs(vectors).max(axis=0))
+    codes, error, norm = quantize(vectors, scale)
+    info = CodeInfo(scale, float(error.max()), float(norm.max()))
+    return ExactSearch(vectors, codes, info, np.arange(len(vectors)) if ids is None else ids)
+
+
+def _numpy_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    scores = queries @ vectors.T
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+@pytest.mark.parametrize("make", [_unit, _clustered])
+@pytest.mark.parametrize(("queries", "k"), [(1, 10), (3, 50), (40, 10), (40, 50)])
+def test_exact_search_ranks_like_numpy_brute_force(make, queries: int, k: int) -> None:
+    rng = np.random.default_rng(queries * 100 + k)
+    vectors, query = make(rng, 30_000, 64), _unit(rng, queries, 64)
+    scores, ids = _searcher(vectors).search(query, k)
+    np.testing.assert_array_equal(ids, _numpy_top_k(vectors, query, k))
+    expected = np.take_along_axis(query @ vectors.T, ids, axis=1)
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("queries", [1, 40])
+def test_int8_scores_stay_within_the_bound_used_to_prune(queries: int) -> None:
+    """The pruning is exact only if no row's int8 score is further off than the bound."""
+    rng = np.random.default_rng(7)
+    vectors, query = _clustered(rng, 5_000, 96), _unit(rng, queries, 96)
+    search = _searcher(vectors)
+    score, window, unit = search._scorer(query)
+    error = np.abs(
+        score(0, len(vectors)).float().numpy() - (query @ vectors.T) * unit.numpy()[:, None]
+    )
+    assert (error <= window.numpy()[:, None] / 2).all()
+    assert (error.max(axis=1) > window.numpy() / 200).all(), "the bound is not vacuous"
+
+
+def test_exact_search_pads_when_the_gallery_is_smaller_than_k() -> None:
+    vectors = _unit(np.random.default_rng(0), 5, 16)
+    scores, ids = _searcher(vectors, np.array([3, 8, 9, 12, 40])).search(vectors[:2], 8)
+    assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+    assert ids[0, 0] == 3 and ids[1, 0] == 8
+
+
+def test_opening_an_index_applies_the_faiss_settings(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 12)
+    build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
+    faiss.cvar.distance_compute_blas_threshold = 3
+    faiss.cvar.distance_compute_blas_database_bs = 7
+    faiss.omp_set_num_threads(1)
+    GalleryIndex.open(tmp_path / "idx").close()
+    wanted = FaissSettings()
+    assert faiss.cvar.distance_compute_blas_threshold == wanted.blas_threshold
+    assert faiss.cvar.distance_compute_blas_query_bs == wanted.blas_query_bs
+    assert faiss.cvar.distance_compute_blas_database_bs == wanted.blas_database_bs
+    assert faiss.omp_get_max_threads() == available_cpus()
+    configure_faiss(FaissSettings(threads=1))
+    assert faiss.omp_get_max_threads() == 1
+    configure_faiss()
+
+
+def test_flat_index_is_searched_through_its_int8_codes(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 60)
+    build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
+    remove_images(tmp_path / "idx", ids=[0, 5, 17])
+    index = GalleryIndex.open(tmp_path / "idx", verify=True)
+    assert {CODES_FILE, CODES_INFO_FILE} <= set(index.manifest.files)
+    assert index.exact is not None and len(index.exact.ids) == 57
+    embeddings = np.asarray(index.embeddings())
+    ids = np.array([item.id for item in index.page(0, 100)])
+    codes = np.load(tmp_path / "idx" / CODES_FILE)
+    info = CodeInfo.read(tmp_path / "idx" / CODES_INFO_FILE)
+    np.testing.assert_array_equal(codes, quantize(embeddings, info.column_scale)[0])
+    queries = _unit(np.random.default_rng(3), 9, embeddings.shape[1])
+    hits = index.search(queries, 5)
+    expected = ids[_numpy_top_k(embeddings, queries, 5)]
+    np.testing.assert_array_equal([[h.item.id for h in q] for q in hits], expected)
+
+
+def test_trained_index_keeps_faiss_search_and_has_no_codes(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 40)
+    config = BuildConfig(**{**FAST.__dict__, "factory": "HNSW8"})
+    build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", config)
+    add_images(tmp_path / "idx", tmp_path / "imgs", FakeRetriever(), config)
+    index = GalleryIndex.open(tmp_path / "idx")
+    assert index.exact is None and CODES_FILE not in index.manifest.files
+    assert len(index.search(_unit(np.random.default_rng(0), 2, index.dim), 3)[0]) == 3
+
+
+def test_streamed_flat_faiss_file_is_byte_identical_to_faiss_write_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors, ids = _unit(rng, 37, 12), rng.permutation(1000)[:37].astype(np.int64)
+    write_flat_faiss(tmp_path / "ours.faiss", 12, [vectors[:20], vectors[20:]], ids)
+    reference = faiss.IndexIDMap2(faiss.index_factory(12, "Flat", faiss.METRIC_INNER_PRODUCT))
+    reference.add_with_ids(vectors, ids)
+    assert (tmp_path / "ours.faiss").read_bytes() == faiss.serialize_index(reference).tobytes()
+    loaded = faiss.read_index(str(tmp_path / "ours.faiss"), faiss.IO_FLAG_MMAP)
+    assert loaded.search(vectors[:1], 1)[1][0, 0] == ids[0]
+
+
+def test_flat_faiss_writer_refuses_a_row_count_that_does_not_match_the_ids(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="got 3 vectors for 4 ids"):
+        write_flat_faiss(tmp_path / "x.faiss", 2, [np.zeros((3, 2))], np.arange(4))
+
+
+def test_npy_writer_and_reader_round_trip_in_chunks(tmp_path: Path) -> None:
+    rows = np.arange(70, dtype=np.float32).reshape(35, 2)
+    with NpyWriter(tmp_path / "a.npy", np.float32, (35, 2)) as writer:
+        for start in range(0, 35, 8):
+            writer.write(rows[start : start + 8])
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), rows)
+    np.testing.assert_array_equal(
+        np.concatenate(list(iter_npy_rows(tmp_path / "a.npy", 4, 6))), rows[4:]
+    )
+    writer = NpyWriter(tmp_path / "b.npy", np.float32, (2, 2))
+    writer.write(rows[:1])
+    with pytest.raises(ValueError, match="wrote 1 of 2 rows"):
+        writer.close()
+
+
+def test_code_info_round_trips_through_json(tmp_path: Path) -> None:
+    info = CodeInfo(np.array([0.1, 0.25, 1e-8], np.float32), 0.0123, 590.5)
+    (tmp_path / "c.json").write_text(json.dumps(info.to_json()))
+    again = CodeInfo.read(tmp_path / "c.json")
+    np.testing.assert_array_equal(again.column_scale, info.column_scale)
+    assert (again.max_error, again.max_code_norm) == (info.max_error, info.max_code_norm)
