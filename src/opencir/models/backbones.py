@@ -9,7 +9,8 @@ A :class:`DualTower` exposes exactly what composed retrieval needs:
 
 Each block runs through :func:`self_attention` and :func:`feed_forward`, which reuse the
 pretrained layer's own weights but compute attention with PyTorch's fused
-``scaled_dot_product_attention``.
+``scaled_dot_product_attention``; CLIP's quick-GELU MLP runs as two matmuls around a single
+``silu`` (see :func:`quick_gelu_mlp`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers import (
     VisionTextDualEncoderConfig,
     VisionTextDualEncoderModel,
 )
+from transformers.activations import QuickGELUActivation
 
 
 @dataclass
@@ -40,17 +42,52 @@ class TextFeatures:
     pooled: torch.Tensor  # [B, D] in the joint embedding space
 
 
-def self_attention(layer: nn.Module, x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Pre-norm multi-head self-attention of an HF ViT layer with its residual, via SDPA."""
+def self_attention(
+    layer: nn.Module, x: torch.Tensor, num_heads: int, causal: bool = False
+) -> torch.Tensor:
+    """Pre-norm multi-head self-attention of an HF CLIP layer with its residual, via SDPA."""
     attn = layer.self_attn
     h = layer.layer_norm1(x)
-    out = multi_head_attention(attn.q_proj(h), attn.k_proj(h), attn.v_proj(h), num_heads)
-    return x + attn.out_proj(out)
+    q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+    return x + attn.out_proj(multi_head_attention(q, k, v, num_heads, causal=causal))
 
 
 def feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pre-norm MLP of an HF ViT layer with its residual."""
-    return x + layer.mlp(layer.layer_norm2(x))
+    mlp, h = layer.mlp, layer.layer_norm2(x)
+    if _is_quick_gelu_mlp(mlp):
+        return x + quick_gelu_mlp(mlp.fc1, mlp.fc2, h)
+    return x + mlp(h)
+
+
+QUICK_GELU_SCALE = 1.702  # quick_gelu(y) = y · sigmoid(1.702 · y), as OpenAI CLIP defines it
+
+
+def _is_quick_gelu_mlp(mlp: nn.Module) -> bool:
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    return (
+        isinstance(getattr(mlp, "activation_fn", None), QuickGELUActivation)
+        and isinstance(fc1, nn.Linear)
+        and isinstance(fc2, nn.Linear)
+        and fc1.bias is not None
+        and fc2.bias is not None
+    )
+
+
+def quick_gelu_mlp(fc1: nn.Linear, fc2: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """``fc2(quick_gelu(fc1(h)))`` with one elementwise pass over the wide hidden layer.
+
+    quick_gelu(y) = silu(s·y) / s with s = 1.702. The factor s rides on fc1's matmul (addmm's
+    ``alpha``/``beta``) and 1/s on fc2's, so the activation is a single ``silu`` instead of
+    the three passes (scale, sigmoid, multiply) of the eager module; in training its backward
+    is one pass as well. Same weights, same result up to float rounding.
+    """
+    s = QUICK_GELU_SCALE
+    flat = h.reshape(-1, h.shape[-1])
+    hidden = torch.addmm(fc1.bias, flat, fc1.weight.t(), beta=s, alpha=s)
+    hidden = F.silu(hidden, inplace=not torch.is_grad_enabled())
+    out = torch.addmm(fc2.bias, hidden, fc2.weight.t(), alpha=1.0 / s)
+    return out.view(*h.shape[:-1], out.shape[-1])
 
 
 def multi_head_attention(
@@ -59,6 +96,7 @@ def multi_head_attention(
     v: torch.Tensor,
     num_heads: int,
     key_mask: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Split heads, run fused SDPA, merge heads; ``key_mask`` is ``[B, L]`` bool, True = keep."""
     batch, q_len, width = q.shape
@@ -68,7 +106,9 @@ def multi_head_attention(
         return t.view(batch, t.shape[1], num_heads, head_dim).transpose(1, 2)
 
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+    out = F.scaled_dot_product_attention(
+        heads(q), heads(k), heads(v), attn_mask=mask, is_causal=causal
+    )
     return out.transpose(1, 2).reshape(batch, q_len, width)
 
 
@@ -152,12 +192,26 @@ class CLIPTower(DualTower):
         return self.hf.visual_projection(self.hf.vision_model.post_layernorm(tokens[:, 0]))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
-        states = self.hf.text_model(input_ids=input_ids, attention_mask=attention_mask)
-        states = states.last_hidden_state
+        states = self.text_states(input_ids)
         # CLIP pools at the end-of-text token, which is the last real token (right padding).
         last = attention_mask.sum(dim=1) - 1
         pooled = states[torch.arange(states.shape[0], device=states.device), last]
         return TextFeatures(states, attention_mask.bool(), self.hf.text_projection(pooled))
+
+    def text_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The text transformer's final states, block by block through the fused paths.
+
+        With right padding, causal attention alone is exact for every real token: a token
+        sees only earlier positions, all of them real. So no padding mask is built and SDPA
+        runs its causal kernel. States at padding positions are never used (cross-attention
+        masks them, pooling reads the last real token).
+        """
+        text = self.hf.text_model
+        heads = self.hf.config.text_config.num_attention_heads
+        x = text.embeddings(input_ids=input_ids)
+        for layer in text.encoder.layers:
+            x = feed_forward(layer, self_attention(layer, x, heads, causal=True))
+        return text.final_layer_norm(x)
 
 
 class SiglipTower(DualTower):

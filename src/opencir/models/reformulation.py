@@ -47,9 +47,15 @@ class CrossAttention(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        """``text`` may hold one sequence for the whole batch (the null text of the target path):
+        its keys/values are then projected once and broadcast, not once per image."""
         q = self.q_proj(self.norm(x))
         k, v = self.k_proj(text.tokens), self.v_proj(text.tokens)
-        out = multi_head_attention(q, k, v, self.num_heads, key_mask=text.mask)
+        mask = text.mask
+        if k.shape[0] != x.shape[0]:
+            k, v = k.expand(x.shape[0], -1, -1), v.expand(x.shape[0], -1, -1)
+            mask = None if mask is None else mask.expand(x.shape[0], -1)
+        out = multi_head_attention(q, k, v, self.num_heads, key_mask=mask)
         return x + self.out_proj(out)
 
 
@@ -128,16 +134,21 @@ class ReformulationEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(predicted embedding, pooled text embedding)``, both unnormalised."""
         text = self.tower.encode_text(input_ids, attention_mask)  # once, shared by all blocks
-        if text.tokens.shape[0] != pixels.shape[0]:
-            text = _expand(text, pixels.shape[0])
+        return self.encode(pixels, text), text.pooled
+
+    def encode(self, pixels: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        """Predicted embedding for already encoded text (one text per image, or one for all)."""
         image = self.reformulate(pixels, text)
-        return self.predictor(image, text.pooled), text.pooled
+        pooled = text.pooled
+        if pooled.shape[0] != pixels.shape[0]:  # a single text (the null text) for the batch
+            pooled = pooled.expand(pixels.shape[0], -1)
+        return self.predictor(image, pooled)
 
 
-def _expand(text: TextFeatures, batch: int) -> TextFeatures:
-    """Broadcast a single text (the null text) to a batch without recomputing it."""
-    mask = None if text.mask is None else text.mask.expand(batch, -1)
-    return TextFeatures(text.tokens.expand(batch, -1, -1), mask, text.pooled.expand(batch, -1))
+def _weights_key(tower: DualTower, inference: bool) -> tuple:
+    """Changes whenever any weight of ``tower`` is modified in place or replaced."""
+    state = tuple((p.data_ptr(), p._version, p.dtype) for p in tower.parameters())
+    return (inference, torch.is_autocast_enabled(), state)
 
 
 class InstructCIR(CIRModel):
@@ -156,6 +167,7 @@ class InstructCIR(CIRModel):
         if fusion.combiner:
             init = torch.logit(torch.tensor(fusion.combiner_init))
             self.combiner_logit = nn.Parameter(init.reshape(1))
+        self._null_cache: dict[int, tuple[tuple, TextFeatures]] = {}
 
     @property
     def embed_dim(self) -> int:
@@ -180,13 +192,36 @@ class InstructCIR(CIRModel):
         return F.normalize(query, dim=-1)
 
     def forward_target(self, pixels: torch.Tensor) -> torch.Tensor:
+        encoder = self.target_network
+        return F.normalize(encoder.encode(pixels, self._null_text(encoder)), dim=-1)
+
+    def _null_text(self, encoder: ReformulationEncoder) -> TextFeatures:
+        """The null text through ``encoder``'s text tower, computed once per set of weights.
+
+        Without autograd the features are reused until a text weight changes (an optimizer
+        or EMA step, ``load_state_dict`` and ``.to()`` all change a weight's version counter
+        or storage), so a gallery is encoded without re-running the text encoder per batch.
+        """
+        if torch.is_grad_enabled():
+            return self._encode_null_text(encoder)
+        key = _weights_key(encoder.tower, torch.is_inference_mode_enabled())
+        cached = self._null_cache.get(id(encoder))
+        if cached is None or cached[0] != key:
+            cached = (key, self._encode_null_text(encoder))
+            self._null_cache[id(encoder)] = cached
+        return cached[1]
+
+    def _encode_null_text(self, encoder: ReformulationEncoder) -> TextFeatures:
         null = self.tokenize([self.config.fusion.null_text])
-        target, _ = self.target_network(pixels, null["input_ids"], null["attention_mask"])
-        return F.normalize(target, dim=-1)
+        return encoder.tower.encode_text(null["input_ids"], null["attention_mask"])
 
     @torch.no_grad()
     def ema_update(self, momentum: float | None = None) -> None:
-        """target ← m·target + (1 − m)·query, one fused foreach call over all tensors."""
+        """target ← m·target + (1 − m)·query, one fused foreach ``lerp`` over all tensors.
+
+        ``lerp`` reads each pair once and writes the target once (a multiply then an add
+        would pass over the target twice): the EMA is memory-bound, so this halves its cost.
+        """
         if self.target_encoder is None:
             return
         m = self.config.fusion.ema_momentum if momentum is None else momentum
@@ -202,8 +237,7 @@ class InstructCIR(CIRModel):
         if not pairs:
             return
         target, online = (list(side) for side in zip(*pairs, strict=True))
-        torch._foreach_mul_(target, m)
-        torch._foreach_add_(target, online, alpha=1.0 - m)
+        torch._foreach_lerp_(target, online, 1.0 - m)
 
     def cir_trainable_parameters(self) -> list[nn.Parameter]:
         """Both the text encoder and the reformulated image encoder are trained (§II-C).
