@@ -180,16 +180,22 @@ def headline(args: argparse.Namespace, world: Path, work: Path, url: str) -> lis
     return points
 
 
-def plot(points: list[Point], ceiling: float, path: Path, title: str) -> None:
+def plot(points: list[Point], args: argparse.Namespace, default: int, path: Path, title: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ceiling = args.capacity / args.latency
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     xs = [p.concurrency for p in points]
-    axes.plot(xs, [p.items_per_s for p in points], "o-", label="pipeline (items/s)")
+    ideal = [min(x, args.capacity) / args.latency for x in xs]
+    axes.plot(
+        xs, ideal, color="tab:green", alpha=0.5, label="ideal: min(concurrency, capacity) / latency"
+    )
+    axes.plot(xs, [p.items_per_s for p in points], "o-", label="pipeline (triplets/s)")
     axes.axhline(ceiling, color="grey", linestyle="--", label="server capacity / latency")
+    axes.axvline(default, color="tab:red", alpha=0.4, label=f"library default ({default})")
     axes.axhline(0.9 * ceiling, color="grey", linestyle=":", label="90 % of it")
     axes.set_xscale("log", base=2)
     axes.set_xticks(xs, [str(x) for x in xs])
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     cpu = result["machine"]["cpu"]
     title = f"server: capacity {args.capacity}, latency {args.latency} s; {cpu}"
-    plot(points, ceiling, Path(args.plot), title)
+    plot(points, args, result["default_concurrency"], Path(args.plot), title)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

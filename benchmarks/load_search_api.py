@@ -109,59 +109,65 @@ def one_request(client: httpx.Client, i: int, mode: str, count: int, upload: byt
     return client.post("/search", data=data, files={"image": ("q.png", upload, "image/png")})
 
 
+def timed_request(client: httpx.Client, i: int, args: argparse.Namespace, count: int,
+                  upload: bytes, tally: Tally) -> None:  # fmt: skip
+    started = time.perf_counter()
+    batch, failure = 0.0, ""
+    try:
+        response = one_request(client, i, args.mode, count, upload, args.k)
+        status, body = response.status_code, response.json()
+        if response.is_success:
+            batch = float(body.get("timings_ms", {}).get("batch", 0.0))
+        else:
+            failure = body.get("code", "?")
+    except (httpx.HTTPError, ValueError) as error:
+        status, failure = None, type(error).__name__
+    tally.add((time.perf_counter() - started) * 1e3, status, failure, batch)
+
+
 def client_loop(url: str, args: argparse.Namespace, worker: int, deadline: float, tally: Tally,
-                count: int, upload: bytes) -> None:  # fmt: skip
+                count: int, upload: bytes, requests: int, offset: int) -> None:  # fmt: skip
     with httpx.Client(base_url=url, timeout=60) as client:
-        for n in range(args.requests):
+        for n in range(offset, offset + requests):
             if time.monotonic() > deadline:
                 return
-            started = time.perf_counter()
-            batch, failure = 0.0, ""
-            try:
-                response = one_request(client, worker * 7919 + n, args.mode, count, upload, args.k)
-                status, body = response.status_code, response.json()
-                if response.is_success:
-                    batch = float(body.get("timings_ms", {}).get("batch", 0.0))
-                else:
-                    failure = body.get("code", "?")
-            except (httpx.HTTPError, ValueError) as error:
-                status, failure = None, type(error).__name__
-            tally.add((time.perf_counter() - started) * 1e3, status, failure, batch)
+            timed_request(client, worker * 7919 + n, args, count, upload, tally)
 
 
-def run_load(
-    url: str, args: argparse.Namespace, count: int, upload: bytes, clients: int
-) -> tuple[Tally, float]:
-    tally = Tally()
+def run_load(url: str, args: argparse.Namespace, count: int, upload: bytes, clients: int,
+             tally: Tally, requests: int, offset: int = 0) -> float:  # fmt: skip
+    """``clients`` threads, ``requests`` each, into ``tally``; returns the wall time."""
     deadline = time.monotonic() + args.duration
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         for worker in range(clients):
-            pool.submit(client_loop, url, args, worker, deadline, tally, count, upload)
-    return tally, time.perf_counter() - started
+            pool.submit(
+                client_loop, url, args, worker, deadline, tally, count, upload, requests, offset
+            )
+    return time.perf_counter() - started
 
 
-def library_p50(
-    searcher: Searcher, count: int, upload_image: Image.Image, n: int, k: int, mode: str
-) -> float:
-    """Median in-process latency of the same queries through ``Searcher.search`` (no HTTP)."""
+def library_times(
+    searcher: Searcher, count: int, upload_image: Image.Image, span: range, k: int, mode: str
+) -> list[float]:
+    """In-process latencies of the same queries through ``Searcher.search`` (no HTTP)."""
     times = []
-    for i in range(n):
+    for i in span:
         started = time.perf_counter()
         if uses_id(mode, i):
             searcher.search(TEXTS[i % len(TEXTS)], reference_id=i % count, k=k)
         else:
             searcher.search(TEXTS[i % len(TEXTS)], image=upload_image, k=k)
         times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+    return times
 
 
-def model_p50(
-    searcher: Searcher, count: int, upload_image: Image.Image, n: int, k: int, mode: str
-) -> float:
-    """Median of the model work alone: ``encode_query`` + index search, references preloaded."""
+def model_times(
+    searcher: Searcher, count: int, upload_image: Image.Image, span: range, k: int, mode: str
+) -> list[float]:
+    """The model work alone: ``encode_query`` + index search, references loaded beforehand."""
     times = []
-    for i in range(n):
+    for i in span:
         exclude: set[int] = set()
         image = upload_image
         if uses_id(mode, i):
@@ -171,7 +177,7 @@ def model_p50(
         vector = searcher.model.encode_query([image], [TEXTS[i % len(TEXTS)]])
         searcher.index.search(vector, k, [exclude])
         times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def tiny_index(workdir: Path) -> Path:
@@ -268,6 +274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=50, help=f"per client (<= {MAX_REQUESTS})")
     parser.add_argument("--duration", type=float, default=30.0, help=f"seconds (<= {MAX_DURATION})")
     parser.add_argument("--mode", choices=("id", "upload", "mixed"), default="mixed")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="own server: interleaved measurement rounds"
+    )
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the serialised (max_batch=1) server"
@@ -296,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     upload = buffer.getvalue()
     if args.url:
         info = httpx.get(f"{args.url}/info", timeout=10).json()
-        tally, elapsed = run_load(args.url, args, info["count"], upload, args.clients)
+        tally = Tally()
+        elapsed = run_load(
+            args.url, args, info["count"], upload, args.clients, tally, args.requests
+        )
         result = report(tally, elapsed, args, None)
     else:
         result = self_hosted(args, upload, upload_image)
@@ -304,21 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0 if result["errors"] == 0 else 1
-
-
-def serve_and_load(
-    index: Path, args: argparse.Namespace, count: int, upload: bytes, max_batch: int
-) -> tuple[dict, tuple[Tally, float]]:
-    """A fresh server on ``index``: one client alone, then ``--clients`` at once."""
-    from opencir.serve import ServeConfig, create_app, start_in_thread
-
-    app = create_app(ServeConfig(index=str(index), max_batch=max_batch))
-    logging.getLogger("opencir.serve.access").setLevel(logging.WARNING)
-    with start_in_thread(app) as server:
-        wait_ready(server.url)
-        single = summary(*run_load(server.url, args, count, upload, 1))
-        many = run_load(server.url, args, count, upload, args.clients)
-    return single, many
 
 
 def wait_ready(url: str, timeout: float = 600.0) -> None:
@@ -329,8 +326,75 @@ def wait_ready(url: str, timeout: float = 600.0) -> None:
         time.sleep(0.1)
 
 
-def self_hosted(args: argparse.Namespace, upload: bytes, upload_image: Image.Image) -> dict:
+def round_sizes(requests: int, rounds: int) -> list[int]:
+    """``requests`` split over at most ``rounds`` rounds (every round at least one)."""
+    rounds = max(1, min(rounds, requests))
+    return [requests // rounds + (r < requests % rounds) for r in range(rounds)]
+
+
+@dataclass
+class Rounds:
+    """Everything measured against one server, in interleaved rounds."""
+
+    model: list[float] = field(default_factory=list)
+    library: list[float] = field(default_factory=list)
+    single: Tally = field(default_factory=Tally)
+    many: Tally = field(default_factory=Tally)
+    seconds: dict[str, float] = field(default_factory=lambda: {"single": 0.0, "many": 0.0})
+    ratios: dict[str, list[float]] = field(default_factory=lambda: {"single": [], "many": []})
+
+
+def measure(index: Path, args: argparse.Namespace, upload: bytes, upload_image: Image.Image,
+            max_batch: int) -> tuple[Rounds, int]:  # fmt: skip
+    """A server on ``index``; each round times in-process work, then 1 client, then N.
+
+    Interleaving puts both sides of every ratio on the same (shared, noisy) machine state.
+    """
     from opencir.index import Searcher
+    from opencir.serve import ServeConfig, create_app, start_in_thread
+
+    searcher = Searcher.open(index)
+    count = len(searcher.index)
+    app = create_app(ServeConfig(index=str(index), max_batch=max_batch), searcher)
+    logging.getLogger("opencir.serve.access").setLevel(logging.WARNING)
+    out, offset = Rounds(), 0
+    with start_in_thread(app) as server:
+        wait_ready(server.url)
+        # a round not counted: lazy init, first pages of the memory-mapped index, connections
+        one_round(Rounds(), searcher, server.url, args, count, upload, upload_image, 2, 0)
+        for n in round_sizes(args.requests, args.rounds):
+            one_round(out, searcher, server.url, args, count, upload, upload_image, n, offset)
+            offset += n
+    return out, count
+
+
+def one_round(out: Rounds, searcher: Searcher, url: str, args: argparse.Namespace, count: int,
+              upload: bytes, upload_image: Image.Image, n: int, offset: int) -> None:  # fmt: skip
+    """One client query by query, each right after the same query in-process; then N clients."""
+    single, model = Tally(), []
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for i in range(offset, offset + n):
+            model += model_times(searcher, count, upload_image, range(i, i + 1), args.k, args.mode)
+            out.library += library_times(
+                searcher, count, upload_image, range(i, i + 1), args.k, args.mode
+            )
+            timed_request(client, i, args, count, upload, single)
+    out.seconds["single"] += time.perf_counter() - started
+    many = Tally()
+    out.seconds["many"] += run_load(url, args, count, upload, args.clients, many, n, offset)
+    model_ms = statistics.median(model)
+    out.model += model
+    out.ratios["single"].append(percentile(single.latencies_ms, 50) / model_ms)
+    out.ratios["many"].append(percentile(many.latencies_ms, 50) / model_ms)
+    for target, tally in ((out.single, single), (out.many, many)):
+        target.latencies_ms += tally.latencies_ms
+        target.statuses.update(tally.statuses)
+        target.failures.update(tally.failures)
+        target.batches += tally.batches
+
+
+def self_hosted(args: argparse.Namespace, upload: bytes, upload_image: Image.Image) -> dict:
     from opencir.serve.batching import DEFAULT_MAX_BATCH
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -338,32 +402,30 @@ def self_hosted(args: argparse.Namespace, upload: bytes, upload_image: Image.Ima
             index = shapes_gallery(args.gallery, Path(args.cache_dir))
         else:
             index = Path(args.index) if args.index else tiny_index(Path(workdir))
-        searcher = Searcher.open(index)
-        count = len(searcher.index)
-        searcher.search(TEXTS[0], image=upload_image, k=args.k)  # warm up lazy init
-        model_ms = model_p50(searcher, count, upload_image, 40, args.k, args.mode)
-        library_ms = library_p50(searcher, count, upload_image, 40, args.k, args.mode)
-        searcher.close()
-        single, many = serve_and_load(index, args, count, upload, DEFAULT_MAX_BATCH)
-        result = report(*many, args, library_ms)
-        result.update(ratios(single, result, model_ms), gallery=count, machine=machine())
+        batched, count = measure(index, args, upload, upload_image, DEFAULT_MAX_BATCH)
+        result = describe(batched, args)
+        result.update(gallery=count, rounds=len(batched.ratios["single"]), machine=machine())
         if not args.no_compare:
-            single_1, many_1 = serve_and_load(index, args, count, upload, 1)
-            result["serialised"] = {
-                "max_batch": 1,
-                "single_client": single_1,
-                **summary(*many_1),
-                **ratios(single_1, summary(*many_1), model_ms),
-            }
+            serialised, _ = measure(index, args, upload, upload_image, 1)
+            result["serialised"] = {"max_batch": 1, **describe(serialised, args)}
         return result
 
 
-def ratios(single: dict, many: dict, model_ms: float) -> dict:
+def describe(rounds: Rounds, args: argparse.Namespace) -> dict:
+    """The N-client figures at the top level (as against ``--url``), ratios beside them."""
+    library_ms = statistics.median(rounds.library)
+    result = report(rounds.many, rounds.seconds["many"], args, library_ms)
+    model_ms = statistics.median(rounds.model)
     return {
+        **result,
         "model_p50_ms": round(model_ms, 2),
-        "single_client": single,
-        "single_p50_over_model_p50": round(single["p50_ms"] / model_ms, 3),
-        "http_p50_over_model_p50": round(many["p50_ms"] / model_ms, 3),
+        "single_client": summary(rounds.single, rounds.seconds["single"]),
+        "single_p50_over_model_p50": round(statistics.median(rounds.ratios["single"]), 3),
+        "single_p50_over_model_p50_pooled": round(
+            percentile(rounds.single.latencies_ms, 50) / model_ms, 3
+        ),
+        "http_p50_over_model_p50": round(statistics.median(rounds.ratios["many"]), 3),
+        "per_round": {k: [round(v, 3) for v in vs] for k, vs in rounds.ratios.items()},
     }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ class GatedModel:
         self.open.set()
         self.entered = threading.Event()
         self.batches: list[int] = []
+        self.threads: list[int] = []
 
     def encode_query(self, images: Any, texts: list[str]) -> Any:
         self.batches.append(len(texts))
+        self.threads.append(threading.get_ident())
         self.entered.set()
         assert self.open.wait(10), "the gate was never opened"
         if any("boom" in text for text in texts):
@@ -62,6 +65,13 @@ def gated(built: tuple[Path, Path, list[Path]]) -> Iterator[tuple[Searcher, Gate
     searcher.close()
 
 
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.01)
+
+
 def _image(path: Path) -> Image.Image:
     return Image.open(path).convert("RGB")
 
@@ -83,15 +93,14 @@ def test_queued_queries_run_as_one_batch_with_single_query_answers(
     model.batches.clear()
     model.entered.clear()
     batcher = QueryBatcher(searcher, max_batch=16)
-    try:
-        model.open.clear()
-        first = batcher.submit(queries[0])
-        assert model.entered.wait(5)  # the worker holds query 0 inside the model
-        rest = [batcher.submit(q) for q in queries[1:]]
+    model.open.clear()
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher.answer, queries[0])
+        assert model.entered.wait(5)  # query 0's own thread leads, held inside the model
+        rest = [pool.submit(batcher.answer, q) for q in queries[1:]]
+        _wait_for(lambda: batcher.queued == 5)
         model.open.set()
         answers = [first.result(10)] + [f.result(10) for f in rest]
-    finally:
-        batcher.close()
     assert model.batches == [1, 5] and batcher.batch_sizes == [1, 5]
     for query, answer, alone in zip(queries, answers, expected, strict=True):
         ids, scores = _ids_scores(answer.hits)
@@ -101,24 +110,35 @@ def test_queued_queries_run_as_one_batch_with_single_query_answers(
         np.testing.assert_allclose(scores, want_scores, atol=1e-5)
 
 
+def test_a_lone_query_runs_in_its_own_thread_at_once(
+    gated: tuple[Searcher, GatedModel], built: tuple[Path, Path, list[Path]]
+) -> None:
+    searcher, model = gated
+    batcher = QueryBatcher(searcher)
+    answer = batcher.answer(PreparedQuery(_image(built[2][3]), "bigger", k=4))
+    assert len(answer.hits) == 4 and answer.timings_ms["batch"] == 1
+    assert model.threads == [threading.get_ident()]  # no hand-off to another thread
+    assert batcher.queued == 0
+
+
 def test_a_failing_query_does_not_fail_its_batch(
     gated: tuple[Searcher, GatedModel], built: tuple[Path, Path, list[Path]]
 ) -> None:
     searcher, model = gated
     image = _image(built[2][0])
     batcher = QueryBatcher(searcher)
-    try:
-        model.open.clear()
-        first = batcher.submit(PreparedQuery(image, "warm", k=2))
+    model.open.clear()
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.answer, PreparedQuery(image, "warm", k=2))
         assert model.entered.wait(5)
-        good = [batcher.submit(PreparedQuery(image, text, k=2)) for text in ("red", "blue")]
-        bad = batcher.submit(PreparedQuery(image, "boom", k=2))
+        texts = ("red", "blue", "boom")
+        futures = [pool.submit(batcher.answer, PreparedQuery(image, t, k=2)) for t in texts]
+        _wait_for(lambda: batcher.queued == 3)
         model.open.set()
-        assert first.result(10).hits and all(len(f.result(10).hits) == 2 for f in good)
+        assert first.result(10).hits
+        assert all(len(f.result(10).hits) == 2 for f in futures[:2])
         with pytest.raises(ValueError, match="breaks the model"):
-            bad.result(10)
-    finally:
-        batcher.close()
+            futures[2].result(10)
     assert model.batches[:2] == [1, 3]  # the failed batch of 3, then each query alone
     assert sorted(model.batches[2:]) == [1, 1, 1]
 

@@ -107,7 +107,7 @@ class Engine:
         return self.searcher
 
     def batcher(self) -> QueryBatcher:
-        """The batcher of the ready searcher (started on first use)."""
+        """The batcher of the ready searcher (made on first use)."""
         searcher = self.require()
         with self._batcher_lock:
             if self._batcher is None:
@@ -115,10 +115,6 @@ class Engine:
             return self._batcher
 
     def close(self) -> None:
-        with self._batcher_lock:
-            if self._batcher is not None:
-                self._batcher.close()
-                self._batcher = None
         if self.searcher is not None:
             self.searcher.close()
 
@@ -275,17 +271,30 @@ def _add_search_route(app: FastAPI, engine: Engine, config: ServeConfig) -> None
         data = await image.read() if image is not None else None
         if image is not None and not data and not image.filename:
             data = None  # an empty file field, as browsers send when nothing was chosen
-        started = time.perf_counter()
-        query, reference = await run_in_threadpool(
-            _prepare, searcher, config, text, k, id, data, exclude_reference
-        )
-        loaded = time.perf_counter()
-        answer = await engine.batcher().search(query)
-        timings = {"load": (loaded - started) * 1e3, **answer.timings_ms}
-        result = SearchResult(
-            query.text, query.k, answer.hits, reference, answer.text_truncated, timings
+        batcher = engine.batcher()
+        result = await run_in_threadpool(
+            _run_search, searcher, batcher, config, text, k, id, data, exclude_reference
         )
         return _response(request, result, uploaded=data is not None)
+
+
+def _run_search(
+    searcher: Searcher,
+    batcher: QueryBatcher,
+    config: ServeConfig,
+    text: str | None,
+    k: int,
+    item_id: int | None,
+    data: bytes | None,
+    exclude_reference: bool,
+) -> SearchResult:
+    """In a request thread: validate, decode or load the reference, then join a batch."""
+    started = time.perf_counter()
+    query, reference = _prepare(searcher, config, text, k, item_id, data, exclude_reference)
+    loaded = time.perf_counter()
+    answer = batcher.answer(query)
+    timings = {"load": (loaded - started) * 1e3, **answer.timings_ms}
+    return SearchResult(query.text, query.k, answer.hits, reference, answer.text_truncated, timings)
 
 
 def _prepare(
@@ -297,10 +306,7 @@ def _prepare(
     data: bytes | None,
     exclude_reference: bool,
 ) -> tuple[PreparedQuery, Item | None]:
-    """Validate cheap things first (text, k, reference choice), then decode or load the image.
-
-    Runs in a request thread, so decoding overlaps the model work of other requests.
-    """
+    """Validate cheap things first (text, k, reference choice), then decode or load the image."""
     cleaned = clean_text(text or "", config.max_text_chars)
     check_k(k, config.limits)
     if data is not None and item_id is not None:

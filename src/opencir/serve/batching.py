@@ -1,22 +1,23 @@
 """Micro-batching of concurrent queries: one model call and one FAISS search per batch.
 
-The model and its tokenizer are not safe to call from several threads at once, so model work
-runs on one worker thread. Rather than serialising queries one by one behind a lock, the
-worker takes every query that arrived while the previous batch ran (up to ``max_batch``) and
-encodes them together: on a CPU one batched forward pass and one batched exact search (a
-matrix product over the gallery) cost little more than a single query. Under no load a batch
-is one query and nothing waits, so a lone request pays no batching delay.
+The model and its tokenizer are not safe to call from several threads at once. Rather than
+serialising queries one by one behind a lock, the request threads take turns as *leader*:
+the thread that finds the model free takes every query waiting at that moment (its own
+first among them, up to ``max_batch``), encodes them in one forward pass, searches them in one
+index call, and hands each waiting thread its answer; one of the threads still waiting then
+leads the next batch. On a CPU a batched forward pass and a batched exact search (one matrix
+product over the gallery) cost little more than a single query, so throughput grows with
+load. A lone query runs at once in its own request thread: no worker thread to hand over to,
+no waiting for company, nothing added to its latency.
 
-Request handlers await the result without blocking the event loop; decoding uploads and
-loading gallery images stay in the request threads, in parallel with the model.
+The request handler runs all of this in the thread pool, so the event loop is never blocked;
+decoding uploads and loading gallery images happen in the request threads, in parallel.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -61,58 +62,45 @@ class _Job:
 
 
 class QueryBatcher:
-    """Encodes and searches queued queries in batches on one worker thread."""
+    """Runs concurrent queries in batches, led in turn by the request threads themselves."""
 
     def __init__(self, searcher: Searcher, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.searcher, self.max_batch = searcher, max_batch
         self.batch_sizes: list[int] = []  # every batch run, for tests and load reports
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name="opencir-batcher", daemon=True)
-        self._thread.start()
+        self._waiting: list[_Job] = []
+        self._busy = False
+        self._turn = threading.Condition()
 
-    def submit(self, query: PreparedQuery) -> Future[Answer]:
-        """Queue ``query``; the future resolves to its :class:`Answer` (or its exception)."""
-        future: Future[Answer] = Future()
-        self._jobs.put(_Job(query, future))
-        return future
+    @property
+    def queued(self) -> int:
+        """Queries waiting for the model."""
+        with self._turn:
+            return len(self._waiting)
 
-    async def search(self, query: PreparedQuery) -> Answer:
-        """Await one query's answer without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(query))
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout)
-
-    def _work(self) -> None:
+    def answer(self, query: PreparedQuery) -> Answer:
+        """Block until ``query`` is answered, leading batches whenever the model is free."""
+        job = _Job(query, Future())
+        with self._turn:
+            self._waiting.append(job)
         while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            batch, stop = self._drain(first)
-            self._run(batch)
-            if stop:
-                return
-
-    def _drain(self, first: _Job) -> tuple[list[_Job], bool]:
-        """``first`` plus whatever is already queued, up to ``max_batch`` (never waits)."""
-        batch = [first]
-        while len(batch) < self.max_batch:
+            with self._turn:
+                while self._busy and not job.future.done():
+                    self._turn.wait()
+                if job.future.done():
+                    return job.future.result()
+                self._busy = True
+                batch = self._waiting[: self.max_batch]
+                del self._waiting[: self.max_batch]
             try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                return batch, True
-            batch.append(job)
-        return batch, False
+                self._run(batch)
+            finally:
+                with self._turn:
+                    self._busy = False
+                    self._turn.notify_all()
 
-    def _run(self, batch: list[_Job]) -> None:
-        jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
-        if not jobs:
-            return
+    def _run(self, jobs: list[_Job]) -> None:
         self.batch_sizes.append(len(jobs))
         try:
             answers = answer_batch(self.searcher, [job.query for job in jobs])
@@ -120,9 +108,7 @@ class QueryBatcher:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(error)
                 return
-            log.warning(
-                "a batch of %d queries failed (%s); running them one by one", len(jobs), error
-            )
+            log.warning("a batch of %d failed (%s); running its queries alone", len(jobs), error)
             for job in jobs:
                 self._run_alone(job)
             return
