@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"
 SOURCES_FILE = "sources.jsonl"
-_ADD_CHUNK = 65_536  # rows handed to FAISS at a time
+_ADD_CHUNK = 16_384  # rows copied, quantized or handed to FAISS at a time (32 MiB at 512-d)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ rescored with the exact float32 vectors. The ranking is therefore the exact one.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,11 @@ import numpy as np
 
 from opencir.index.manifest import CODES_FILE, CODES_INFO_FILE
 
-_BLOCK = 131_072  # gallery rows scored at a time: bounded temporaries, cache-sized selection
+_BLOCK = 131_072  # gallery rows scored at a time by the batch kernel (bounded temporaries)
+_GEMV_BLOCK = 1 << 20  # one or a few queries: few kernel calls, each a parallel region
 _SPARE = 246  # extra rows kept per block and query beyond k
 _SMALL_BATCH = 4  # up to this many queries use the int8-weight gemv kernel
-_KERNEL_SLACK = 2.0**-7  # bf16 output rounding of the gemv kernel is 2**-9; 4x headroom
+_KERNEL_SLACK = 2.0**-8  # bf16 output rounding of the gemv kernel is <= 2**-9 of the bound
 _FLOAT_SLACK = 2.0**-16  # float32 rounding of scaled int32 dot products
 
 
@@ -101,7 +101,8 @@ class ExactSearch:
     def __init__(self, vectors: np.ndarray, codes: np.ndarray, info: CodeInfo, ids: np.ndarray):
         import torch
 
-        self.vectors, self.ids, self.info = vectors, ids, info
+        self.vectors = np.asarray(vectors)  # a plain view: memmap indexing is slow per call
+        self.ids, self.info = ids, info
         self._codes = torch.from_numpy(codes)
         self._ones = torch.ones(len(codes), dtype=torch.bfloat16)
         self._row_bound = info.max_error  # ||e - s*c|| for every row
@@ -131,80 +132,104 @@ class ExactSearch:
     def _candidates(self, queries: np.ndarray, k: int) -> list[np.ndarray]:
         """Per query, the sorted rows whose true score may reach the true top k."""
         score, window, _ = self._scorer(queries)
-        return _select(score, len(self._codes), len(queries), k, window)
+        block = _GEMV_BLOCK if len(queries) <= _SMALL_BATCH else _BLOCK
+        return _select(score, len(self._codes), len(queries), k, window, block)
 
-    def _scorer(self, queries: np.ndarray) -> tuple[Any, Any, Any]:
+    def _scorer(self, queries: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
         """A block scoring function, the selection window per query in the scores' units,
-        and those units per unit of true score."""
-        import torch
+        and those units per unit of true score.
 
-        folded = torch.from_numpy(queries * self.info.column_scale)
-        exact = torch.tensor(queries, dtype=torch.float32)
+        Query preparation is done in numpy: tiny tensors gain nothing from torch's thread
+        pool, and on a loaded machine every parallel region can wait a scheduler slice.
+        """
+        folded = (queries * self.info.column_scale).astype(np.float32)
+        norm = np.linalg.norm(queries.astype(np.float64), axis=1)
         if len(queries) <= _SMALL_BATCH:
-            return self._gemv_scorer(folded, exact)
-        return self._int8_scorer(folded, exact)
+            return self._gemv_scorer(folded, norm)
+        return self._int8_scorer(folded, norm)
 
-    def _bound(self, queries: Any, rounding: Any, extra: Any) -> Any:
+    def _bound(self, norm: np.ndarray, rounding: np.ndarray, extra: np.ndarray) -> np.ndarray:
         """Per query: max |true score - int8 score| over all rows (in true-score units)."""
-        true_norm = queries.norm(dim=1)
-        return true_norm * self._row_bound + rounding * self.info.max_code_norm + extra
+        return norm * self._row_bound + rounding * self.info.max_code_norm + extra
 
-    def _gemv_scorer(self, folded: Any, queries: Any) -> tuple[Any, Any, Any]:
+    def _gemv_scorer(self, folded: np.ndarray, norm: np.ndarray) -> tuple[Any, Any, Any]:
         """bf16 query x int8 codes: the fastest kernel for one or a few queries."""
         import torch
 
-        half = folded.to(torch.bfloat16)
-        rounding = (folded - half.float()).norm(dim=1)
-        extra = _KERNEL_SLACK * half.float().norm(dim=1) * self.info.max_code_norm
+        half = torch.from_numpy(folded).to(torch.bfloat16)
+        rounded = half.float().numpy().astype(np.float64)
+        rounding = np.linalg.norm(folded - rounded, axis=1)
+        extra = _KERNEL_SLACK * np.linalg.norm(rounded, axis=1) * self.info.max_code_norm
 
         def score(start: int, stop: int) -> Any:
             ones = self._ones[start:stop]
             return torch._weight_int8pack_mm(half, self._codes[start:stop], ones)
 
-        return score, 2 * self._bound(queries, rounding, extra), torch.ones(len(queries))
+        return score, 2 * self._bound(norm, rounding, extra), np.ones(len(folded))
 
-    def _int8_scorer(self, folded: Any, queries: Any) -> tuple[Any, Any, Any]:
+    def _int8_scorer(self, folded: np.ndarray, norm: np.ndarray) -> tuple[Any, Any, Any]:
         """int8 query x int8 codes with exact int32 sums: the fastest kernel for batches."""
         import torch
 
-        step = folded.abs().amax(dim=1).clamp_min(1e-30) / 127
-        small = torch.round(folded / step[:, None]).clamp(-127, 127)
-        rounding = (folded - small * step[:, None]).norm(dim=1)
-        padded = torch.zeros((max(len(small), 17), small.shape[1]), dtype=torch.int8)
-        padded[: len(small)] = small.to(torch.int8)
-        extra = _FLOAT_SLACK * queries.norm(dim=1) * (1 + self._row_bound)
+        step = np.maximum(np.abs(folded).max(axis=1).astype(np.float64), 1e-30) / 127
+        small = np.clip(np.rint(folded / step[:, None]), -127, 127)
+        rounding = np.linalg.norm(folded - small * step[:, None], axis=1)
+        padded = np.zeros((max(len(small), 17), small.shape[1]), np.int8)
+        padded[: len(small)] = small
+        query = torch.from_numpy(padded)
+        extra = _FLOAT_SLACK * norm * (1 + self._row_bound)
         count = len(small)
 
         def score(start: int, stop: int) -> Any:
-            return torch._int_mm(padded, self._codes[start:stop].T)[:count]
+            return torch._int_mm(query, self._codes[start:stop].T)[:count]
 
-        return score, 2 * self._bound(queries, rounding, extra) / step, 1 / step
+        return score, 2 * self._bound(norm, rounding, extra) / step, 1 / step
 
 
-def _select(score: Any, total: int, count: int, k: int, window: Any) -> list[np.ndarray]:
+def _select(
+    score: Any, total: int, count: int, k: int, window: np.ndarray, block_rows: int
+) -> list[np.ndarray]:
     """Rows within ``window`` of each query's k-th best score, scanning blocks of rows.
 
     Each block keeps its ``k + _SPARE`` best rows per query; a query whose block holds more
-    rows within the window than that (rare: mostly the first block) is scanned in full.
+    rows within the window than that is scanned in full, and later blocks keep twice as many.
     """
     import torch
 
-    best = torch.full((count, k), -math.inf)
+    best = np.full((count, k), -np.inf, np.float32)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start in range(0, total, _BLOCK):
-        block = score(start, min(start + _BLOCK, total))
-        values, cols = torch.topk(block, min(k + _SPARE, block.shape[1]), dim=1)
-        values = values.float()
-        best = torch.topk(torch.cat([best, values[:, :k]], dim=1), k, dim=1).values
+    keep = k + _SPARE
+    for start in range(0, total, block_rows):
+        block = score(start, min(start + block_rows, total))
+        values, cols = torch.topk(block, min(keep, block.shape[1]), dim=1)
+        values = _as_numpy(values).astype(np.float32)
+        cols = cols.numpy()
+        best = -np.sort(-np.concatenate([best, values[:, :k]], axis=1), axis=1)[:, :k]
         floor = best[:, -1] - window
-        query, pos = torch.nonzero(values >= floor[:, None], as_tuple=True)
-        found.append((query.numpy(), cols[query, pos].numpy() + start, values[query, pos].numpy()))
-        full = torch.nonzero(values[:, -1] >= floor).flatten()
+        query, pos = np.nonzero(values >= floor[:, None])
+        found.append((query, cols[query, pos] + start, values[query, pos]))
+        full = np.flatnonzero(values[:, -1] >= floor)
         if len(full):
-            query, col = torch.nonzero(block[full].float() >= floor[full, None], as_tuple=True)
-            value = block[full[query], col].float().numpy()
-            found.append((full[query].numpy(), col.numpy() + start, value))
-    return _group(found, (best[:, -1] - window).numpy(), count)
+            found.append(_scan(block, full, floor, start))
+            keep *= 2  # the window holds more rows than kept: keep more from the next block
+    return _group(found, best[:, -1] - window, count)
+
+
+def _as_numpy(tensor: Any) -> np.ndarray:
+    import torch
+
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def _scan(
+    block: Any, queries: np.ndarray, floor: np.ndarray, start: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of ``block`` above ``floor`` for the given queries (numpy: one thread)."""
+    import torch
+
+    rows = _as_numpy(block[torch.from_numpy(queries)])
+    query, col = np.nonzero(rows >= floor[queries, None])
+    return queries[query], col + start, rows[query, col].astype(np.float32)
 
 
 def _group(

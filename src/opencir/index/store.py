@@ -85,9 +85,13 @@ class ItemTable:
         return _item(rows[0]) if rows else None
 
     def many(self, ids: Sequence[int]) -> dict[int, Item]:
-        marks = ",".join("?" * len(ids))
-        sql = f"SELECT id, name, path, metadata FROM items WHERE id IN ({marks})"
-        return {item.id: item for item in map(_item, self._query(sql, list(ids)))} if ids else {}
+        # One JSON parameter instead of one per id: no variable-count limit, faster to bind.
+        sql = (
+            "SELECT id, name, path, metadata FROM items "
+            "WHERE id IN (SELECT value FROM json_each(?))"
+        )
+        rows = self._query(sql, (json.dumps([int(i) for i in ids]),)) if ids else []
+        return {item.id: item for item in map(_item, rows)}
 
     def page(self, offset: int, limit: int) -> list[Item]:
         sql = "SELECT id, name, path, metadata FROM items ORDER BY id LIMIT ? OFFSET ?"
