@@ -156,3 +156,32 @@ def test_fast_paths_keep_gradients_flowing_to_every_trained_block(model: Instruc
     encoder = model.query_encoder
     for module in (*encoder.tower.vision_layers, *encoder.tower.hf.text_model.encoder.layers):
         assert all(isinstance(p.grad, torch.Tensor) for p in module.parameters())
+
+
+def test_onnx_backend_gives_the_models_embeddings(model: InstructCIR, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from opencir.models.onnx_export import OnnxRetriever, with_backend
+
+    retriever = with_backend(model, "onnx", directory=tmp_path)
+    assert isinstance(retriever, OnnxRetriever)
+    assert {p.name for p in tmp_path.iterdir()} == {"query.onnx", "target.onnx"}
+    # batch size and text length other than the export sample's: the axes are dynamic
+    pixels = torch.randn(5, 3, 32, 32)
+    texts = ["a", "make it a lot bluer, please", "", "x", "turn it"]
+    torch.testing.assert_close(
+        retriever.encode_query(pixels, texts), model.encode_query(pixels, texts), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        retriever.encode_target(pixels[:1]), model.encode_target(pixels[:1]), atol=1e-5, rtol=0
+    )
+    assert retriever.fingerprint() != model.fingerprint()
+    with pytest.raises(ValueError, match="2 images but 1 texts"):
+        retriever.encode_query(pixels[:2], ["one"])
+
+
+def test_unknown_backend_is_refused(model: InstructCIR) -> None:
+    from opencir.models.onnx_export import with_backend
+
+    assert with_backend(model, "torch") is model
+    with pytest.raises(ValueError, match="unknown encoder backend 'tensorrt'"):
+        with_backend(model, "tensorrt")
