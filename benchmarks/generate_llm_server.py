@@ -58,7 +58,7 @@ class ModelServer:
             stats.queued -= 1
             stats.active += 1
             stats.max_active = max(stats.max_active, stats.active)
-            started = time.monotonic()
+            started = time.monotonic()  # CLOCK_MONOTONIC: comparable with the client's
             stats.first_s = stats.first_s or started
             await asyncio.sleep(self.latency)
             stats.active -= 1

@@ -120,6 +120,9 @@ class Point:
     ratio: float
     server_max_active: int
     server_utilisation: float
+    before_first_request_s: float
+    after_last_answer_s: float
+    client_cpu_ms_per_item: float
 
 
 def run_once(
@@ -138,9 +141,11 @@ def run_once(
         progress=False,
     )
     server_call(url, "/reset", "POST")
-    started = time.perf_counter()
+    started, started_mono = time.perf_counter(), time.monotonic()  # the server's clock too
+    cpu = time.process_time()  # every thread of this process: the client side only
     report = generate(config)
-    seconds = time.perf_counter() - started
+    seconds, ended_mono = time.perf_counter() - started, time.monotonic()
+    cpu = time.process_time() - cpu
     stats = server_call(url, "/stats")
     utilisation = stats["busy_slot_s"] / (stats["capacity"] * seconds)
     rate = report.pairs / seconds
@@ -153,6 +158,9 @@ def run_once(
         round(rate / ceiling, 3),
         stats["max_active"],
         round(utilisation, 3),
+        round(stats["first_s"] - started_mono, 2),
+        round(ended_mono - stats["last_s"], 2),
+        round(cpu * 1e3 / max(report.pairs, 1), 2),
     )
 
 
@@ -202,7 +210,7 @@ def plot(points: list[Point], args: argparse.Namespace, default: int, path: Path
     axes.set_xlabel("client concurrency (requests in flight)")
     axes.set_ylabel("triplets per second")
     axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="lower right")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capacity", type=int, default=32, help="server: requests at once")
     parser.add_argument("--latency", type=float, default=0.5, help="server: seconds per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
-    parser.add_argument("--seconds", type=float, default=6.0, help="target length of a sweep run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="target length of a sweep run")
     parser.add_argument("--headline-seconds", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3, help="headline runs (median reported)")
     parser.add_argument("--images", type=int, default=600)
