@@ -115,7 +115,12 @@ def _add_endpoint(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("OpenAI-compatible endpoint")
     group.add_argument("--endpoint", default="http://localhost:8000/v1", help="base URL (…/v1)")
     group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env variable with the key")
-    group.add_argument("--concurrency", type=int, default=8, help="requests in flight per model")
+    group.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests in flight per model (default: EndpointConfig's, 64)",
+    )
     group.add_argument("--rate", type=float, default=None, help="max requests per second per model")
     group.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     group.add_argument("--max-retries", type=int, default=4)
@@ -164,13 +169,14 @@ def _endpoint(args: argparse.Namespace, model: str | None, url: str | None, **fi
         raise ValueError(
             "this captioner/writer needs a model name (--caption-model / --writer-model)"
         )
+    if args.concurrency is not None:
+        fields["concurrency"] = args.concurrency
     return EndpointConfig(
         model=model,
         base_url=url or args.endpoint,
         api_key=os.environ.get(args.api_key_env),
         timeout_s=args.timeout,
         max_retries=args.max_retries,
-        concurrency=args.concurrency,
         rate_per_s=args.rate,
         temperature=args.temperature,
         image_max_side=args.image_side,
