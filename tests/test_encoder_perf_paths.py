@@ -185,3 +185,39 @@ def test_unknown_backend_is_refused(model: InstructCIR) -> None:
     assert with_backend(model, "torch") is model
     with pytest.raises(ValueError, match="unknown encoder backend 'tensorrt'"):
         with_backend(model, "tensorrt")
+
+
+def _encode_both(model: InstructCIR, pixels: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model.encode_query(pixels, TEXTS), model.encode_target(pixels)])
+
+
+def test_onednn_inference_path_matches_the_standard_linears(model: InstructCIR) -> None:
+    from opencir.models import backbones
+
+    pixels = torch.randn(3, 3, 32, 32)
+    fast = _encode_both(model, pixels)
+    backbones.set_onednn_linear(False)
+    try:
+        reference = _encode_both(model, pixels)
+    finally:
+        backbones.set_onednn_linear(True)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+
+
+def test_onednn_packed_weights_follow_in_place_weight_changes(model: InstructCIR) -> None:
+    from opencir.models import backbones
+
+    pixels = torch.randn(3, 3, 32, 32)
+    before = model.encode_query(pixels, TEXTS)
+    with torch.no_grad():
+        for layer in model.query_encoder.tower.vision_layers:
+            layer.mlp.fc1.weight.mul_(1.5)  # as an optimizer step would, in place
+            layer.self_attn.q_proj.bias.add_(0.3)
+    after = model.encode_query(pixels, TEXTS)
+    assert not torch.allclose(after, before, atol=1e-3)
+    backbones.set_onednn_linear(False)
+    try:
+        reference = model.encode_query(pixels, TEXTS)
+    finally:
+        backbones.set_onednn_linear(True)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=0)

@@ -15,6 +15,7 @@ pretrained layer's own weights but compute attention with PyTorch's fused
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -48,8 +49,8 @@ def self_attention(
     """Pre-norm multi-head self-attention of an HF CLIP layer with its residual, via SDPA."""
     attn = layer.self_attn
     h = layer.layer_norm1(x)
-    q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-    return x + attn.out_proj(multi_head_attention(q, k, v, num_heads, causal=causal))
+    q, k, v = linear(attn.q_proj, h), linear(attn.k_proj, h), linear(attn.v_proj, h)
+    return x + linear(attn.out_proj, multi_head_attention(q, k, v, num_heads, causal=causal))
 
 
 def feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -83,11 +84,93 @@ def quick_gelu_mlp(fc1: nn.Linear, fc2: nn.Linear, h: torch.Tensor) -> torch.Ten
     is one pass as well. Same weights, same result up to float rounding.
     """
     s = QUICK_GELU_SCALE
+    if _onednn_applies(h, fc1.weight):
+        hidden = _onednn_linear(fc1, h, scale=s, activation="swish")
+        return _onednn_linear(fc2, hidden, scale=1.0 / s, scale_bias=False)
     flat = h.reshape(-1, h.shape[-1])
     hidden = torch.addmm(fc1.bias, flat, fc1.weight.t(), beta=s, alpha=s)
     hidden = F.silu(hidden, inplace=not torch.is_grad_enabled())
     out = torch.addmm(fc2.bias, hidden, fc2.weight.t(), alpha=1.0 / s)
     return out.view(*h.shape[:-1], out.shape[-1])
+
+
+# oneDNN linears for CPU float32 inference -------------------------------------------------
+# On some CPUs (the AMD EPYC of docs/PERFORMANCE.md) PyTorch's default float32 GEMM reaches
+# half of what oneDNN reaches with a weight packed once into its blocked layout. Without
+# autograd, the blocks' linears run through such a packed copy, made on first use and remade
+# when the weight changes (its version counter or storage). Training and GPUs are unaffected.
+
+_ONEDNN = {"enabled": True}
+# id(weight) → (weak reference to the weight, {(scale, scale_bias): (key, packed, bias)})
+_PACKED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def set_onednn_linear(enabled: bool) -> None:
+    """Switch the oneDNN path for CPU float32 inference on (default) or off."""
+    _ONEDNN["enabled"] = bool(enabled)
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        _ONEDNN["enabled"]
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not _dispatch_mode_active()
+    )
+
+
+def _dispatch_mode_active() -> bool:
+    """A dispatch mode (FLOP counting, export) must see the standard ops, not oneDNN's."""
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
+def _packed(linear_: nn.Linear, scale: float, scale_bias: bool) -> tuple[torch.Tensor, ...]:
+    weight, bias = linear_.weight, linear_.bias
+    key = (weight.data_ptr(), weight._version, scale, scale_bias)
+    if bias is not None:
+        key += (bias.data_ptr(), bias._version)
+    entries = _packs_of(weight)
+    cached = entries.get((scale, scale_bias))
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False), torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach() * scale)
+            b = None if bias is None else bias.detach() * (scale if scale_bias else 1.0)
+        cached = entries[(scale, scale_bias)] = (key, packed, b)
+    return cached[1], cached[2]
+
+
+def _packs_of(weight: torch.Tensor) -> dict:
+    """The packed copies of ``weight``, dropped when the weight itself is freed."""
+    index = id(weight)
+    entry = _PACKED.get(index)
+    if entry is None or entry[0]() is not weight:
+        ref = weakref.ref(weight, lambda _: _PACKED.pop(index, None))
+        entry = _PACKED[index] = (ref, {})
+    return entry[1]
+
+
+def _onednn_linear(
+    linear_: nn.Linear,
+    x: torch.Tensor,
+    scale: float = 1.0,
+    activation: str = "none",
+    scale_bias: bool = True,
+) -> torch.Tensor:
+    """``activation(scale · linear_(x))`` (bias scaled too unless ``scale_bias`` is False)."""
+    packed, bias = _packed(linear_, scale, scale_bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, activation, [], "")
+
+
+def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; through a oneDNN-packed weight in CPU float32 inference."""
+    if isinstance(module, nn.Linear) and _onednn_applies(x, module.weight):
+        return _onednn_linear(module, x)
+    return module(x)
 
 
 def multi_head_attention(

@@ -20,6 +20,7 @@ from opencir.models.backbones import (
     DualTower,
     TextFeatures,
     feed_forward,
+    linear,
     multi_head_attention,
     self_attention,
 )
@@ -42,21 +43,21 @@ class CrossAttention(nn.Module):
         self.k_proj = nn.Linear(text_width, vision_width)
         self.v_proj = nn.Linear(text_width, vision_width)
         self.out_proj = nn.Linear(vision_width, vision_width)
-        for linear in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     def forward(self, x: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """``text`` may hold one sequence for the whole batch (the null text of the target path):
         its keys/values are then projected once and broadcast, not once per image."""
-        q = self.q_proj(self.norm(x))
-        k, v = self.k_proj(text.tokens), self.v_proj(text.tokens)
+        q = linear(self.q_proj, self.norm(x))
+        k, v = linear(self.k_proj, text.tokens), linear(self.v_proj, text.tokens)
         mask = text.mask
         if k.shape[0] != x.shape[0]:
             k, v = k.expand(x.shape[0], -1, -1), v.expand(x.shape[0], -1, -1)
             mask = None if mask is None else mask.expand(x.shape[0], -1)
         out = multi_head_attention(q, k, v, self.num_heads, key_mask=mask)
-        return x + self.out_proj(out)
+        return x + linear(self.out_proj, out)
 
 
 class Predictor(nn.Module):
