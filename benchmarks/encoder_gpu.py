@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import flop_counter, interleaved_times
+from _common import flop_counter, interleaved_times, machine_report
 
 import opencir
 
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             flops[key] = float(counter.get_total_flops())
         matmul, matmul_flops = bf16_matmul(args.matmul_size)
         times = interleaved_times({**calls, "matmul": matmul}, rounds=args.rounds, warmup=2)
+    print(machine_report())
     print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}")
     mode = "weights" if args.weights_bf16 else "autocast"
     print(f"model {args.model} (random weights), batch {args.batch}, bf16 {mode}, ", end="")
