@@ -10,7 +10,8 @@ A :class:`DualTower` exposes exactly what composed retrieval needs:
 Each block runs through :func:`self_attention` and :func:`feed_forward`, which reuse the
 pretrained layer's own weights but compute attention with PyTorch's fused
 ``scaled_dot_product_attention``; CLIP's quick-GELU MLP runs as two matmuls around a single
-``silu`` (see :func:`quick_gelu_mlp`).
+``silu`` (see :func:`quick_gelu_mlp`); in CPU float32 inference the linears run through
+oneDNN-packed copies of their weights (see :func:`linear`).
 """
 
 from __future__ import annotations
