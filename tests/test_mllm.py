@@ -31,14 +31,6 @@ def model() -> MLLMEmbedder:
     return opencir.create_model("mllm-tiny").eval()
 
 
-def _with_mllm(model: MLLMEmbedder, **changes) -> MLLMEmbedder:
-    model.config = dataclasses.replace(
-        model.config, mllm=dataclasses.replace(model.config.mllm, **changes)
-    )
-    model._target_tokens = None
-    return model
-
-
 def test_registry_names_and_configs() -> None:
     names = list_models()
     assert {"mllm-tiny", "mllm-mini", "mllm-llava-1.5-7b"} <= set(names)
@@ -71,9 +63,8 @@ def test_prompt_expands_the_image_and_cuts_only_the_user_text(model: MLLMEmbedde
 def test_pooling_is_the_same_under_left_right_and_no_padding(
     model: MLLMEmbedder, images: list[Image.Image], pooling: str
 ) -> None:
-    _with_mllm(model, pooling=pooling, padding_side="left")
-    left = model.encode_query(images, TEXTS)
-    right = _with_mllm(model, padding_side="right").encode_query(images, TEXTS)
+    left = model.with_settings(pooling=pooling, padding_side="left").encode_query(images, TEXTS)
+    right = model.with_settings(padding_side="right").encode_query(images, TEXTS)
     single = torch.cat([model.encode_query([im], [t]) for im, t in zip(images, TEXTS, strict=True)])
     tokens = model.prompt_tokenizer("query")(TEXTS)
     assert tokens["attention_mask"].sum(1).unique().numel() == 3  # lengths really differ
@@ -268,3 +259,18 @@ def test_stage_two_runs_under_bf16_autocast(world: Path, tmp_path: Path) -> None
     assert opencir.load(result.final).mllm.language_model.layers[0].mlp.up_proj.weight.dtype == (
         torch.float32
     )  # autocast computes in bf16, the weights stay float32
+
+
+def test_init_takes_prompt_settings_but_refuses_architecture_changes(tmp_path: Path) -> None:
+    from opencir.train.tasks import build_model
+
+    opencir.create_model("mllm-tiny").save(tmp_path / "mllm")
+    opencir.create_model("instructcir-tiny").save(tmp_path / "s1")
+    config = _stage(tmp_path, "cir", "x", init=str(tmp_path / "mllm"))
+    model = build_model(dataclasses.replace(config, model_overrides={"pooling": "mean"}))
+    assert model.config.mllm.pooling == "mean"
+    with pytest.raises(ValueError, match="not prompt/pooling settings"):
+        build_model(dataclasses.replace(config, model_overrides={"ema": False}))
+    s1 = dataclasses.replace(config, init=str(tmp_path / "s1"), model_overrides={"ema": False})
+    with pytest.raises(ValueError, match="cannot change a model loaded from init"):
+        build_model(s1)

@@ -167,6 +167,21 @@ class MLLMEmbedder(CIRModel):
     def language_model(self) -> nn.Module:
         return self.mllm.language_model
 
+    def with_settings(self, **changes: Any) -> MLLMEmbedder:
+        """Change prompt/pooling settings in place (no tensor depends on them); returns self."""
+        allowed = {f.name for f in dataclasses.fields(MLLMConfig)}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{unknown} are not prompt/pooling settings of an mllm model; "
+                f"expected some of {sorted(allowed)}"
+            )
+        self.config = dataclasses.replace(
+            self.config, mllm=dataclasses.replace(self.settings, **changes)
+        )
+        self._target_tokens = None
+        return self
+
     # --- prompts -----------------------------------------------------------------------
 
     def prompt_tokenizer(self, kind: str = "query") -> PromptTokenizer:

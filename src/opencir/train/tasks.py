@@ -31,7 +31,7 @@ def build_model(config: TrainConfig) -> CIRModel:
     if config.init:
         if not is_checkpoint(config.init):
             raise FileNotFoundError(f"init={config.init!r} is not an OpenCIR checkpoint directory")
-        return opencir.load(config.init)
+        return _with_settings(opencir.load(config.init), config.model_overrides)
     model = opencir.create_model(
         config.model, pretrained=config.pretrained, **config.model_overrides
     )
@@ -44,6 +44,19 @@ def build_model(config: TrainConfig) -> CIRModel:
             raise ValueError("vision_init only applies to mllm-* models")
         load_vision_encoder(model, config.vision_init)
     return model
+
+
+def _with_settings(model: CIRModel, overrides: dict[str, Any]) -> CIRModel:
+    """Apply ``model_overrides`` to a loaded checkpoint: only settings that change no tensor."""
+    if not overrides:
+        return model
+    settings = getattr(model, "with_settings", None)
+    if settings is None:
+        raise ValueError(
+            f"model_overrides {sorted(overrides)} cannot change a model loaded from init=; "
+            "they shape the architecture, which the checkpoint fixes"
+        )
+    return settings(**overrides)
 
 
 def load_text_encoder(model: CIRModel, source: str) -> None:
