@@ -34,16 +34,22 @@ def uniform_unit(n: int, dim: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def clustered_unit(
-    n: int, dim: int, seed: int, centres: int = 2000, spread: float = 0.8
+    n: int, dim: int, seed: int, groups: int = 100, per_group: int = 50, spread: float = 1.0
 ) -> Iterator[np.ndarray]:
-    """A gaussian mixture on the sphere: random unit centres plus isotropic noise of norm
-    about ``spread``, normalised (cosine to the own centre is about 0.78 for 0.8)."""
+    """A two-level gaussian mixture on the sphere: ``groups`` random unit directions, each
+    with ``per_group`` sub-centres around it, and every vector a sub-centre plus isotropic
+    noise of norm about ``spread``, normalised. At the defaults a query's nearest neighbour
+    has cosine ~0.55 and its 10th ~0.50 (uniform vectors: ~0.2); the centres are fixed, so
+    galleries and queries drawn with different seeds share them."""
+    centres = np.random.default_rng(12345)
+    tops = _normalise(centres.standard_normal((groups, dim)))
+    noise = centres.standard_normal((groups * per_group, dim)) * (spread / np.sqrt(dim))
+    subs = _normalise(np.repeat(tops, per_group, axis=0) + noise)
     rng = np.random.default_rng(seed)
-    means = _normalise(np.random.default_rng(12345).standard_normal((centres, dim)))
     for start in range(0, n, CHUNK):
         size = min(CHUNK, n - start)
-        noise = rng.standard_normal((size, dim), dtype=np.float32) * (spread / np.sqrt(dim))
-        yield _normalise(means[rng.integers(0, centres, size)] + noise)
+        jitter = rng.standard_normal((size, dim), dtype=np.float32) * (spread / np.sqrt(dim))
+        yield _normalise(subs[rng.integers(0, len(subs), size)] + jitter)
 
 
 def make_vectors(kind: str, n: int, dim: int, seed: int) -> Iterator[np.ndarray]:

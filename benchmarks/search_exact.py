@@ -16,6 +16,14 @@ is a median over rounds of per-round ratios.
 
 from __future__ import annotations
 
+import os
+
+# The methods are timed back to back: a BLAS or OpenMP pool left spinning by one (OpenBLAS
+# spins ~0.1 s after each call by default) would steal a core from the next. Set before the
+# libraries load; this does not change how fast any single call runs on an idle machine.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import statistics
 import sys
