@@ -158,3 +158,20 @@ def test_code_info_round_trips_through_json(tmp_path: Path) -> None:
     again = CodeInfo.read(tmp_path / "c.json")
     np.testing.assert_array_equal(again.column_scale, info.column_scale)
     assert (again.max_error, again.max_code_norm) == (info.max_error, info.max_code_norm)
+
+
+def test_flat_index_without_codes_is_searched_by_faiss(tmp_path: Path) -> None:
+    """Indexes written before the int8 codes existed still open and search exactly."""
+    solid_images(tmp_path / "imgs", 30)
+    build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    for name in (CODES_FILE, CODES_INFO_FILE):
+        (tmp_path / "idx" / name).unlink()
+        del manifest["files"][name]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    index = GalleryIndex.open(tmp_path / "idx", verify=True)
+    assert index.exact is None
+    embeddings = np.asarray(index.embeddings())
+    queries = _unit(np.random.default_rng(4), 3, embeddings.shape[1]).astype(np.float64)
+    expected = _numpy_top_k(embeddings, queries.astype(np.float32), 4)
+    assert [[h.item.id for h in q] for q in index.search(queries, 4)] == expected.tolist()

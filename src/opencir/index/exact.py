@@ -119,7 +119,8 @@ class ExactSearch:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)`` of shape ``[Q, k]``, best first; ids are -1 past the gallery size."""
-        candidates = self._candidates(np.asarray(queries, np.float32), k)
+        queries = np.ascontiguousarray(queries, np.float32)
+        candidates = self._candidates(queries, k)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         for q, rows in enumerate(candidates):
