@@ -55,3 +55,21 @@ def test_eval_cli_reports_bad_input_without_traceback(tmp_path, caplog) -> None:
 def test_eval_cli_refuses_a_non_checkpoint_directory(tmp_path) -> None:
     with pytest.raises(ValueError, match="not an OpenCIR checkpoint"):
         opencir.load_model(str(tmp_path))
+
+
+def test_eval_cli_onnx_backend_matches_torch(tmp_path) -> None:
+    root = make_cirr(tmp_path / "cirr")
+    opencir.create_model("instructcir-tiny").save(tmp_path / "ckpt")
+    metrics = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.json"
+        args = [
+            "eval", "--model", str(tmp_path / "ckpt"), "--benchmark", "cirr", "--data-root",
+            str(root), "--split", "val", "--out", str(out), "--no-cache", "--no-progress",
+            "--backend", backend,
+        ]  # fmt: skip
+        assert main(args) == 0
+        result = json.loads(out.read_text())
+        metrics[backend] = result["metrics"]
+        assert result["model_fingerprint"].endswith("-onnx") == (backend == "onnx")
+    assert metrics["onnx"] == pytest.approx(metrics["torch"], abs=1e-6)

@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--submission", metavar="DIR", help="write test-server files (cirr, circo)")
     parser.add_argument("--report", metavar="DIR", help="write qualitative grid + recall plot")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch",
+        help="run the encoders in PyTorch or exported to ONNX Runtime (CPU; needs opencir[onnx]; "
+        "faster on the CPU measured in docs/PERFORMANCE.md)",
+    )  # fmt: skip
     parser.add_argument("--cache-dir", default=".cache/opencir/gallery", help="gallery cache")
     parser.add_argument("--no-cache", action="store_true", help="do not cache gallery embeddings")
     parser.add_argument("--no-progress", action="store_true")
@@ -71,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         model = load_cirevl(args.model.removeprefix("cirevl:"))
     else:
         model = load_model(args.model, pretrained=args.pretrained)
+        if args.backend != "torch":
+            from opencir.models.onnx_export import with_backend
+
+            model = with_backend(model, args.backend)
     result, written = run_evaluation(model, request)
     print(result.format_table())
     for path in written:
