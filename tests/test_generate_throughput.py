@@ -39,7 +39,7 @@ def _deep_accept_queue(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def slow_server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(delay_s=0.15) as fake:
+    with FakeLLMServer(delay_s=0.6) as fake:  # long enough to fill every slot on a busy CPU
         yield fake
 
 
