@@ -71,17 +71,25 @@ train s1-combiner "$RECIPES/combiner-stage.yaml" init="$OUT/s1/final" "$GEN"
 
 # S2: the MLLM embedder on the same ViT, a small decoder pretrained on the alt text, then
 # stage 1 (joint embedding on image–alt-text pairs) and stage 2 (instruction tuning on the
-# generated triplets); ablations: stage 2 without stage 1, and stage 2 on ground truth.
+# generated triplets); ablations: stage 2 without stage 1, and stage 2 on ground truth. Each
+# twice: with the method's last-token pooling and with mean pooling (suffix -mean).
 PAIRS_DATA="data.pairs=$W/images.jsonl"
+GT=("data.triplets=[]" "data.labelled=[$OUT/gt]" data.labelled_ratio=1.0)
 train mllm-lm "$RECIPES/mllm-lm.yaml" vision_init="$BB" "$PAIRS_DATA"
-train mllm-stage1 "$RECIPES/mllm-stage1.yaml" init="$OUT/mllm-lm/final" "$PAIRS_DATA"
-train mllm-s2 "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1/final" "$GEN"
-train mllm-s2-no-stage1 "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-lm/final" "$GEN"
-train mllm-s2-gt "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1/final" "data.triplets=[]" \
-  "data.labelled=[$OUT/gt]" data.labelled_ratio=1.0
+for pooling in last mean; do
+  suffix=""; [ "$pooling" = mean ] && suffix=-mean
+  train "mllm-stage1$suffix" "$RECIPES/mllm-stage1.yaml" init="$OUT/mllm-lm/final" "$PAIRS_DATA" \
+    model_overrides.pooling=$pooling
+  train "mllm-s2$suffix" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" "$GEN"
+  train "mllm-s2$suffix-no-stage1" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-lm/final" "$GEN" \
+    model_overrides.pooling=$pooling
+  train "mllm-s2$suffix-gt" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" \
+    "${GT[@]}"
+done
 
 for name in combiner-baseline s1 s1-no-ema s1-no-xattn s1-gt s1-combiner \
-  mllm-stage1 mllm-s2 mllm-s2-no-stage1 mllm-s2-gt; do
+  mllm-stage1 mllm-s2 mllm-s2-no-stage1 mllm-s2-gt \
+  mllm-stage1-mean mllm-s2-mean mllm-s2-mean-no-stage1 mllm-s2-mean-gt; do
   evaluate "$name" "$OUT/$name/final"
 done
 scaling=()
@@ -100,6 +108,10 @@ scaling+=("$PAIRS=$OUT/results/s1.json")
   "S2 stage 1 only=$OUT/results/mllm-stage1.json" "S2 full (stages 1+2)=$OUT/results/mllm-s2.json" \
   "S2 w/o stage 1=$OUT/results/mllm-s2-no-stage1.json" \
   "S2 on ground-truth triplets=$OUT/results/mllm-s2-gt.json" \
+  "S2 mean pooling, stage 1 only=$OUT/results/mllm-stage1-mean.json" \
+  "S2 mean pooling, full=$OUT/results/mllm-s2-mean.json" \
+  "S2 mean pooling w/o stage 1=$OUT/results/mllm-s2-mean-no-stage1.json" \
+  "S2 mean pooling on ground-truth triplets=$OUT/results/mllm-s2-mean-gt.json" \
   --out "$OUT/table.md" --scaling "${scaling[@]}" --plot "$OUT/scaling.png" \
   --baselines "image-only,sum,combiner,S1 on ground-truth triplets"
 cat "$OUT/table.md"
