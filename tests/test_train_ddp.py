@@ -13,24 +13,33 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from opencir.train.config import TrainConfig
+from opencir.train.config import MLLMTrainConfig, TrainConfig
 from opencir.train.distributed import DistContext
-from opencir.train.tasks import CIRTask, PretrainTask, StepModule, build_model
+from opencir.train.tasks import StepModule, make_task
 
 BATCH = 6
 
 
-def _config(stage: str, tmp: str) -> TrainConfig:
-    model = "instructcir-tiny" if stage == "cir" else "sum-tiny"
-    return TrainConfig(stage=stage, model=model, out_dir=tmp, model_overrides={}, seed=0)
+# case → (stage, model); "mllm-pretrain" is S2's stage 1 (LoRA adapters, gathered embeddings)
+CASES = {
+    "cir": ("cir", "instructcir-tiny"),
+    "pretrain": ("pretrain", "sum-tiny"),
+    "mllm-pretrain": ("pretrain", "mllm-tiny"),
+}
 
 
-def _batch(stage: str, model) -> dict:
+def _config(case: str, tmp: str) -> TrainConfig:
+    stage, model = CASES[case]
+    no_dropout = MLLMTrainConfig(lora_rank=4, lora_dropout=0.0)  # equal RNG-free forwards
+    return TrainConfig(stage=stage, model=model, out_dir=tmp, seed=0, mllm=no_dropout)
+
+
+def _batch(case: str, task) -> dict:
     generator = torch.Generator().manual_seed(1)
     pixels = torch.randn(BATCH, 3, 32, 32, generator=generator)
     texts = [f"make object {i} {'red' if i % 2 else 'blue'}" for i in range(BATCH)]
-    tokens = model.text_tokenizer()(texts)
-    if stage == "pretrain":
+    tokens = task.text_tokenizer()(texts)
+    if CASES[case][0] == "pretrain":
         return {"image": pixels, "tokens": tokens}
     return {"reference": pixels, "target": pixels.flip(0), "tokens": tokens}
 
@@ -44,11 +53,9 @@ def _rank_slice(batch: dict, rank: int, world: int) -> dict:
     return {k: pick(v) for k, v in batch.items()}
 
 
-def _task(stage: str, tmp: str):
+def _task(case: str, tmp: str):
     torch.manual_seed(0)
-    config = _config(stage, tmp)
-    task_class = CIRTask if stage == "cir" else PretrainTask
-    task = task_class(config, build_model(config))
+    task = make_task(_config(case, tmp))
     params = task.trainable_parameters()
     wanted = {id(p) for p in params}
     for p in task.model.parameters():
@@ -60,14 +67,14 @@ def _grads(task) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in task.model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, port: int, stage: str, tmp: str) -> None:
+def _worker(rank: int, world: int, port: int, case: str, tmp: str) -> None:
     # loopback only: gloo would otherwise pick the interface the hostname resolves to
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
-        task = _task(stage, tmp)
+        task = _task(case, tmp)
         module = nn.parallel.DistributedDataParallel(StepModule(task))
-        batch = _rank_slice(_batch(stage, task.model), rank, world)
+        batch = _rank_slice(_batch(case, task), rank, world)
         loss = task.loss(module(batch), DistContext(rank, world, rank))
         loss.backward()
         if rank == 0:
@@ -83,9 +90,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_two_ranks(stage: str, tmp_path, limit_s: float) -> bool:
+def _run_two_ranks(case: str, tmp_path, limit_s: float) -> bool:
     """Run both ranks; False (after killing them) when they do not finish in time."""
-    context = mp.spawn(_worker, args=(2, _free_port(), stage, str(tmp_path)), nprocs=2, join=False)
+    context = mp.spawn(_worker, args=(2, _free_port(), case, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + limit_s
     while not context.join(timeout=2):
         if time.monotonic() > deadline:
@@ -95,11 +102,11 @@ def _run_two_ranks(stage: str, tmp_path, limit_s: float) -> bool:
     return True
 
 
-@pytest.mark.parametrize("stage", ["cir", "pretrain"])
-def test_two_process_ddp_matches_single_process(stage: str, tmp_path) -> None:
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_process_ddp_matches_single_process(case: str, tmp_path) -> None:
     # single process on the combined batch, ordered as the ranks see it
-    task = _task(stage, str(tmp_path))
-    batch = _batch(stage, task.model)
+    task = _task(case, str(tmp_path))
+    batch = _batch(case, task)
     interleaved = {
         k: (
             {kk: torch.cat([vv[0::2], vv[1::2]]) for kk, vv in v.items()}
@@ -113,7 +120,7 @@ def test_two_process_ddp_matches_single_process(stage: str, tmp_path) -> None:
 
     # One retry with a fresh port: a gloo rendezvous on a busy shared machine can stall; the
     # gradients are compared as before, and two stalls in a row fail the test.
-    if not any(_run_two_ranks(stage, tmp_path, limit_s=90) for _ in range(2)):
+    if not any(_run_two_ranks(case, tmp_path, limit_s=90) for _ in range(2)):
         pytest.fail("the 2-process DDP run stalled twice (90 s each)")
     got = torch.load(tmp_path / "ddp_grads.pt")
     assert set(got) == set(expected) and len(expected) > 10
