@@ -274,3 +274,15 @@ def test_init_takes_prompt_settings_but_refuses_architecture_changes(tmp_path: P
     s1 = dataclasses.replace(config, init=str(tmp_path / "s1"), model_overrides={"ema": False})
     with pytest.raises(ValueError, match="cannot change a model loaded from init"):
         build_model(s1)
+
+
+def test_vision_init_names_what_is_missing(tmp_path: Path) -> None:
+    from opencir.models import PretrainedNotAvailableError
+    from opencir.models.mllm import load_vision_encoder
+
+    with pytest.raises(PretrainedNotAvailableError, match="no such directory"):
+        load_vision_encoder(opencir.create_model("mllm-tiny"), str(tmp_path / "nope"))
+    other = opencir.create_model("sum-tiny")  # same shapes as mllm-tiny's ViT, quick_gelu
+    save_backbone(other, tmp_path / "clip")
+    with pytest.raises(ValueError, match="hidden_act 'quick_gelu' vs 'gelu'"):
+        load_vision_encoder(opencir.create_model("mllm-tiny"), str(tmp_path / "clip"))

@@ -351,10 +351,11 @@ def load_vision_encoder(model: MLLMEmbedder, source: str) -> None:
     """Put a pretrained ViT (CLIP, SigLIP or a dual-encoder backbone dir) into the MLLM."""
     from transformers import AutoModel
 
-    from opencir.models.loading import read_preprocessor, resolve_source
+    from opencir.models.loading import from_pretrained, read_preprocessor, resolve_source
 
     location, _ = resolve_source(source)
-    vision = AutoModel.from_pretrained(location, local_files_only=True).vision_model
+    vision = from_pretrained(AutoModel, source).vision_model
+    _check_same_vision(vision.config, model.mllm.config.vision_config, source)
     vision = getattr(vision, "vision_model", vision)  # CLIPVisionModel wraps the transformer
     target = model.mllm.vision_tower
     target = getattr(target, "vision_model", target)
@@ -372,3 +373,28 @@ def load_vision_encoder(model: MLLMEmbedder, source: str) -> None:
     )
     model.config = dataclasses.replace(model.config, backbone=backbone)
     log.info("vision tower initialised from %s", source)
+
+
+VISION_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "patch_size",
+    "image_size",
+    "hidden_act",
+)
+
+
+def _check_same_vision(source_config: Any, target_config: Any, source: str) -> None:
+    """Refuse a ViT whose architecture differs (equal shapes can still hide another activation)."""
+    differ = [
+        f"{name} {getattr(source_config, name, None)!r} vs {getattr(target_config, name, None)!r}"
+        for name in VISION_FIELDS
+        if getattr(source_config, name, None) != getattr(target_config, name, None)
+    ]
+    if differ:
+        raise ValueError(
+            f"vision_init {source!r} does not fit the vision tower (source vs model): "
+            + "; ".join(differ)
+        )
