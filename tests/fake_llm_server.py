@@ -162,6 +162,7 @@ class FakeLLMServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 mode = server._next_mode(body)
+                self.counted = True
                 try:
                     if server.delay_s:
                         time.sleep(server.delay_s)
@@ -169,6 +170,12 @@ class FakeLLMServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
+                    self._finish()
+
+            def _finish(self) -> None:
+                """Leave the in-flight count once, before the answer can reach the client."""
+                if getattr(self, "counted", False):
+                    self.counted = False
                     server._done()
 
             def _reply(self, mode: str, body: dict[str, Any]) -> None:
@@ -202,6 +209,7 @@ class FakeLLMServer:
             def _send_raw(
                 self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None
             ) -> None:
+                self._finish()  # the client may send its next request as soon as it reads this
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
