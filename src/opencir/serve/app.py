@@ -272,25 +272,28 @@ def _add_search_route(app: FastAPI, engine: Engine, config: ServeConfig) -> None
         if image is not None and not data and not image.filename:
             data = None  # an empty file field, as browsers send when nothing was chosen
         batcher = engine.batcher()
-        result = await run_in_threadpool(
-            _run_search, searcher, batcher, config, text, k, id, data, exclude_reference
-        )
+        form = SearchForm(text, k, id, data, exclude_reference)
+        result = await run_in_threadpool(_run_search, searcher, batcher, config, form)
         return _response(request, result, uploaded=data is not None)
 
 
+@dataclass(frozen=True)
+class SearchForm:
+    """The fields of one ``POST /search`` as received (not yet validated)."""
+
+    text: str | None
+    k: int
+    item_id: int | None
+    data: bytes | None
+    exclude_reference: bool
+
+
 def _run_search(
-    searcher: Searcher,
-    batcher: QueryBatcher,
-    config: ServeConfig,
-    text: str | None,
-    k: int,
-    item_id: int | None,
-    data: bytes | None,
-    exclude_reference: bool,
+    searcher: Searcher, batcher: QueryBatcher, config: ServeConfig, form: SearchForm
 ) -> SearchResult:
     """In a request thread: validate, decode or load the reference, then join a batch."""
     started = time.perf_counter()
-    query, reference = _prepare(searcher, config, text, k, item_id, data, exclude_reference)
+    query, reference = _prepare(searcher, config, form)
     loaded = time.perf_counter()
     answer = batcher.answer(query)
     timings = {"load": (loaded - started) * 1e3, **answer.timings_ms}
@@ -298,15 +301,10 @@ def _run_search(
 
 
 def _prepare(
-    searcher: Searcher,
-    config: ServeConfig,
-    text: str | None,
-    k: int,
-    item_id: int | None,
-    data: bytes | None,
-    exclude_reference: bool,
+    searcher: Searcher, config: ServeConfig, form: SearchForm
 ) -> tuple[PreparedQuery, Item | None]:
     """Validate cheap things first (text, k, reference choice), then decode or load the image."""
+    text, k, item_id, data = form.text, form.k, form.item_id, form.data
     cleaned = clean_text(text or "", config.max_text_chars)
     check_k(k, config.limits)
     if data is not None and item_id is not None:
@@ -316,7 +314,7 @@ def _prepare(
     if item_id is not None:
         reference = _lookup(searcher, item_id)
         pixels = searcher.load_gallery_image(reference)
-        exclude = frozenset({reference.id}) if exclude_reference else frozenset()
+        exclude = frozenset({reference.id}) if form.exclude_reference else frozenset()
         return PreparedQuery(pixels, cleaned, k, exclude), reference
     pixels = decode_upload(data or b"", config.formats, config.max_pixels)
     return PreparedQuery(pixels, cleaned, k), None
