@@ -284,9 +284,25 @@ def recall_at_k(
     ``targets`` one non-empty collection of ground-truth indices per query. Ranking within
     per-query candidate lists (GeneCIS) gives GeneCIS R@K.
     """
+    return percent(recall_hits_at_k(ranks, targets, ks))
+
+
+def recall_hits_at_k(
+    ranks: RankLike, targets: Sequence[Collection[int]], ks: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Per-query Recall@K: ``[Q]`` of 1.0 where a ground truth is among the first K, else 0.0.
+
+    :func:`recall_at_k` is their mean ×100; the per-query values feed the confidence
+    intervals and paired tests of :mod:`opencir.eval.stats`.
+    """
     hits = _relevance(ranks, targets)
     _check_ks(ks, hits.shape[1])
-    return {int(k): float(hits[:, :k].any(axis=1).mean() * 100.0) for k in ks}
+    return {int(k): hits[:, :k].any(axis=1).astype(np.float64) for k in ks}
+
+
+def percent(per_query: dict[int, np.ndarray]) -> dict[int, float]:
+    """The mean ×100 of each per-query metric array (the published form of a metric)."""
+    return {k: float(values.mean() * 100.0) for k, values in per_query.items()}
 
 
 def recall_subset_at_k(
@@ -297,6 +313,20 @@ def recall_subset_at_k(
     references: Sequence[int] | None = None,
 ) -> dict[int, float]:
     """CIRR Recall_subset@K ×100: recall counted only among each query's subset members.
+
+    The mean ×100 of :func:`recall_subset_hits_at_k`.
+    """
+    return percent(recall_subset_hits_at_k(ranks, targets, subsets, ks, references))
+
+
+def recall_subset_hits_at_k(
+    ranks: RankLike,
+    targets: Sequence[Collection[int]],
+    subsets: Sequence[Collection[int]],
+    ks: Sequence[int],
+    references: Sequence[int] | None = None,
+) -> dict[int, np.ndarray]:
+    """Per-query CIRR Recall_subset@K hits (1.0 / 0.0), see :func:`recall_subset_at_k`.
 
     Each ranking is filtered to the members of its query's subset (minus its reference,
     when ``references`` is given), keeping their relative order. ``ranks`` must contain every
@@ -319,7 +349,7 @@ def recall_subset_at_k(
         )
         kept = [j for j in row.tolist() if j in members][:width]
         filtered[i, : len(kept)] = kept
-    return recall_at_k(filtered, targets, ks)
+    return recall_hits_at_k(filtered, targets, ks)
 
 
 def map_at_k(
@@ -330,15 +360,20 @@ def map_at_k(
     ``AP@K = sum_{i<=K} P@i * rel_i / min(|GT|, K)``, averaged over queries. ``ranks`` must
     not repeat an index within a row (``rank_gallery`` never does).
     """
+    return percent(average_precision_at_k(ranks, targets, ks))
+
+
+def average_precision_at_k(
+    ranks: RankLike, targets: Sequence[Collection[int]], ks: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Per-query AP@K in [0, 1] (``[Q]`` per K); :func:`map_at_k` is their mean ×100."""
     rel = _relevance(ranks, targets).astype(np.float64)
     _check_ks(ks, rel.shape[1])
     precision = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
     n_gt = np.array([len(set(int(j) for j in t)) for t in targets], dtype=np.float64)
-    out = {}
-    for k in ks:
-        ap = (precision[:, :k] * rel[:, :k]).sum(axis=1) / np.minimum(n_gt, k)
-        out[int(k)] = float(ap.mean() * 100.0)
-    return out
+    return {
+        int(k): (precision[:, :k] * rel[:, :k]).sum(axis=1) / np.minimum(n_gt, k) for k in ks
+    }
 
 
 def _as_rank_array(ranks: RankLike) -> np.ndarray:
