@@ -1,22 +1,41 @@
-"""``opencir results``: a Markdown table (and a scaling plot) from eval result files."""
+"""``opencir results``: a Markdown table with 95% CIs and paired tests (and a scaling plot)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+DEFAULT_METRICS = "R@1,R@5,R@10,R@50,mAP@10"
 
-def _pair(item: str) -> tuple[str, str]:
-    name, sep, path = item.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"{item!r} must look like NAME=results.json")
-    return name, path
+
+def _pair(item: str) -> tuple[str, list[str]]:
+    name, sep, paths = item.partition("=")
+    files = [p for p in paths.split(",") if p]
+    if not sep or not name or not files:
+        raise argparse.ArgumentTypeError(
+            f"{item!r} must look like NAME=results.json or NAME=seed0.json,seed1.json,..."
+        )
+    return name, files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("results", help="tabulate opencir eval results (Markdown, plot)")
-    parser.add_argument("rows", nargs="+", type=_pair, metavar="NAME=RESULTS.json")
-    parser.add_argument("--metrics", default="R@1,R@5,R@10,R@50,mAP@10", help="comma-separated")
+    parser = sub.add_parser(
+        "results",
+        help="tabulate opencir eval results with 95%% CIs and paired tests (Markdown, plot)",
+        description=(
+            "One row per NAME. Several files for one NAME (comma-separated, or the NAME "
+            "repeated) are runs of the same model, e.g. training seeds: the cell shows "
+            "mean ± sd over runs and a 95%% CI over runs and queries. With --baseline, a "
+            "second table gives each row's paired difference to that row on the same "
+            "queries (Δ, its 95%% CI and a two-sided p-value)."
+        ),
+    )
+    parser.add_argument("rows", nargs="+", type=_pair, metavar="NAME=RESULTS.json[,...]")
+    parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated")
+    parser.add_argument("--baseline", help="row NAME that every other row is paired against")
+    parser.add_argument(
+        "--resamples", type=int, default=10_000, help="bootstrap/randomisation resamples"
+    )
     parser.add_argument("--out", help="write the Markdown table here (default: print)")
     parser.add_argument(
         "--scaling", nargs="*", type=_pair, default=[], metavar="N=RESULTS.json",
@@ -31,10 +50,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from opencir.eval.tables import markdown_table, plot_scaling
+def _group_rows(pairs: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
+    """NAME → its files in order; a repeated NAME adds runs to the same row."""
+    grouped: dict[str, list[str]] = {}
+    for name, files in pairs:
+        grouped.setdefault(name, []).extend(files)
+    return grouped
 
-    table = markdown_table(args.rows, [m.strip() for m in args.metrics.split(",") if m.strip()])
+
+def run(args: argparse.Namespace) -> int:
+    from opencir.eval.tables import load_row, markdown_table, plot_scaling
+
+    grouped = _group_rows(args.rows)
+    rows = [load_row(name, files) for name, files in grouped.items()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    table = markdown_table(rows, metrics, baseline=args.baseline, resamples=args.resamples)
     if args.out:
         Path(args.out).write_text(table + "\n")
         print(f"wrote {args.out}")
@@ -43,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         if not args.scaling:
             raise ValueError("--plot needs --scaling N=RESULTS.json points")
-        points = [(int(n), path) for n, path in args.scaling]
+        points = [(int(n), files[0]) for n, files in args.scaling]
         wanted = {name.strip() for name in args.baselines.split(",") if name.strip()}
-        unknown = wanted - {name for name, _ in args.rows}
+        unknown = wanted - set(grouped)
         if unknown:
             raise ValueError(f"--baselines names {sorted(unknown)} are not table rows")
-        baselines = [row for row in args.rows if row[0] in wanted]
+        baselines = [(name, grouped[name][0]) for name in grouped if name in wanted]
         print(f"wrote {plot_scaling(points, args.plot, baselines=baselines)}")
     return 0

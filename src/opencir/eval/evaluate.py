@@ -26,7 +26,12 @@ from tqdm.auto import tqdm
 
 from opencir.atomic import atomic_write
 from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
-from opencir.eval.metrics import map_at_k, rank_gallery, recall_at_k, recall_subset_at_k
+from opencir.eval.metrics import (
+    average_precision_at_k,
+    rank_gallery,
+    recall_hits_at_k,
+    recall_subset_hits_at_k,
+)
 from opencir.models.base import Retriever, retriever_fingerprint
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,10 @@ class EvalResult:
     ``rankings``: query id → top gallery keys, best first, under the split's protocol.
     ``subset_rankings``: the same within each CIRR subset (reference removed), when the
     split asks for ``recall_subset``; test-server files are written from these two.
+    ``per_query``: metric → one value per query in ``query_ids`` order (1/0 hits for
+    recalls, AP in [0, 1] for mAP), whose mean ×100 is the metric; ``query_groups`` the
+    group of each query when the split has groups. Confidence intervals and paired tests
+    (:mod:`opencir.eval.stats`) are computed from them.
     """
 
     benchmark: str
@@ -59,6 +68,9 @@ class EvalResult:
     rankings: dict[str, list[str]] = field(default_factory=dict)
     subset_rankings: dict[str, list[str]] = field(default_factory=dict)
     gallery_cache_hit: bool = False
+    query_ids: list[str] = field(default_factory=list)
+    per_query: dict[str, list[float]] = field(default_factory=dict)
+    query_groups: list[str] = field(default_factory=list)
 
     def to_json(self, path: str | Path | None = None, indent: int | None = 2) -> str:
         """The result as JSON text; also written (atomically) to ``path`` when given."""
@@ -138,9 +150,10 @@ def evaluate(
     subsets, subset_ids = None, None
     if "recall_subset" in split.metrics:
         subsets, subset_ids = _subset_ranking(split, index, query_emb, gallery_emb, chunk_size)
-    metrics, per_group, group_mean = {}, {}, {}
+    per_query, metrics, per_group, group_mean = {}, {}, {}, {}
     if has_gt:
-        metrics, per_group, group_mean = _score(split, index, ids, targets, subsets, subset_ids)
+        scores = _score(split, index, ids, targets, subsets, subset_ids)
+        per_query, metrics, per_group, group_mean = scores
     else:
         log.info("%s/%s has no ground truth: metrics skipped", split.benchmark, split.split)
     return EvalResult(
@@ -157,7 +170,19 @@ def evaluate(
         rankings=_rankings(split, ids, keep_rankings),
         subset_rankings={} if subset_ids is None else _rankings(split, subset_ids, keep_rankings),
         gallery_cache_hit=hit,
+        query_ids=[q.id for q in split.queries] if per_query else [],
+        per_query={name: _compact(values) for name, values in per_query.items()},
+        query_groups=_query_groups(split) if per_query else [],
     )
+
+
+def _compact(values: np.ndarray) -> list[float]:
+    """Per-query values for JSON: hits stay 0/1, AP keeps 6 decimals."""
+    return [round(float(v), 6) for v in values]
+
+
+def _query_groups(split: BenchmarkSplit) -> list[str]:
+    return [] if split.group is None else [str(split.group(q)) for q in split.queries]
 
 
 def _check_args(split: BenchmarkSplit, batch_size: int, keep_rankings: int) -> None:
@@ -414,33 +439,40 @@ def _rankings(split: BenchmarkSplit, ids: torch.Tensor, keep: int) -> dict[str, 
 
 
 def _score(split, index, ids, targets, subsets, subset_ids) -> tuple:
-    """Overall metrics, metrics per group and the mean of the groups."""
-    refs = [index.get(q.reference, -1) for q in split.queries]
+    """Per-query values, overall metrics, metrics per group and the mean of the groups.
 
-    def metrics_for(rows: list[int]) -> dict[str, float]:
-        out: dict[str, float] = {}
-        t = [targets[i] for i in rows]
-        if "recall" in split.metrics:
-            out |= {f"R@{k}": v for k, v in recall_at_k(ids[rows], t, split.ks).items()}
-        if subsets is not None:
-            s, r = [subsets[i] for i in rows], [refs[i] for i in rows]
-            sub = recall_subset_at_k(subset_ids[rows], t, s, split.subset_ks, r)
-            out |= {f"R_subset@{k}": v for k, v in sub.items()}
-        if "map" in split.metrics:
-            out |= {f"mAP@{k}": v for k, v in map_at_k(ids[rows], t, split.ks).items()}
-        if "R@5" in out and "R_subset@1" in out:
-            out["R_avg"] = (out["R@5"] + out["R_subset@1"]) / 2
-        return out
-
-    overall = metrics_for(list(range(len(split.queries))))
+    Every metric is first computed per query (hit 1/0, or AP); overall and per-group
+    metrics are means of those ×100, so the saved per-query values reproduce them exactly.
+    """
+    per_query = _per_query_values(split, index, ids, targets, subsets, subset_ids)
+    overall = _means(per_query, slice(None))
     if split.group is None:
-        return overall, {}, {}
+        return per_query, overall, {}, {}
     groups: dict[str, list[int]] = {}
     for i, q in enumerate(split.queries):
         groups.setdefault(str(split.group(q)), []).append(i)
-    per_group = {name: metrics_for(groups[name]) for name in sorted(groups)}
+    per_group = {name: _means(per_query, groups[name]) for name in sorted(groups)}
     mean = {m: float(np.mean([g[m] for g in per_group.values()])) for m in overall}
-    return overall, per_group, mean
+    return per_query, overall, per_group, mean
+
+
+def _per_query_values(split, index, ids, targets, subsets, subset_ids) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if "recall" in split.metrics:
+        out |= {f"R@{k}": v for k, v in recall_hits_at_k(ids, targets, split.ks).items()}
+    if subsets is not None:
+        refs = [index.get(q.reference, -1) for q in split.queries]
+        sub = recall_subset_hits_at_k(subset_ids, targets, subsets, split.subset_ks, refs)
+        out |= {f"R_subset@{k}": v for k, v in sub.items()}
+    if "map" in split.metrics:
+        out |= {f"mAP@{k}": v for k, v in average_precision_at_k(ids, targets, split.ks).items()}
+    if "R@5" in out and "R_subset@1" in out:
+        out["R_avg"] = (out["R@5"] + out["R_subset@1"]) / 2
+    return out
+
+
+def _means(per_query: dict[str, np.ndarray], rows: slice | list[int]) -> dict[str, float]:
+    return {name: float(values[rows].mean() * 100.0) for name, values in per_query.items()}
 
 
 def _protocol(split: BenchmarkSplit) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""Confidence intervals, paired tests and seed aggregation against textbook cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from opencir.cli import main
+from opencir.eval.evaluate import evaluate
+from opencir.eval.stats import paired_test, summarize
+from opencir.eval.tables import load_row, markdown_table
+from tests.test_evaluate import GoodModel, ImageOnlyModel, make_split
+
+
+def _hits(n_hits: int, n: int) -> np.ndarray:
+    values = np.zeros(n)
+    values[:n_hits] = 1.0
+    return values
+
+
+def test_binomial_interval_matches_the_normal_approximation() -> None:
+    # 300 hits in 1000 queries: p = 0.3, SE = sqrt(0.3 * 0.7 / 1000) = 1.449 points.
+    s = summarize(_hits(300, 1000))
+    half_width = 1.959964 * math.sqrt(0.3 * 0.7 / 1000) * 100
+    assert s.mean == pytest.approx(30.0)
+    assert s.low == pytest.approx(30.0 - half_width, abs=0.35)
+    assert s.high == pytest.approx(30.0 + half_width, abs=0.35)
+    assert s.runs == 1 and s.queries == 1000 and s.sd is None
+
+
+def test_interval_narrows_with_more_queries_and_is_reproducible() -> None:
+    small, large = summarize(_hits(30, 100)), summarize(_hits(300, 1000))
+    assert (large.high - large.low) < (small.high - small.low) / 2.5
+    assert summarize(_hits(30, 100)) == small  # seeded resampling
+
+
+def test_identical_rows_differ_by_exactly_zero() -> None:
+    values = np.random.default_rng(0).random(500)
+    test = paired_test(values, values)
+    assert (test.delta, test.low, test.high, test.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def _exact_mcnemar(wins: int, losses: int) -> float:
+    n, k = wins + losses, min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def test_paired_p_value_on_hits_is_mcnemars_exact_test() -> None:
+    # 200 queries: the row alone right on 30, the baseline alone right on 10.
+    row, base = np.zeros(200), np.zeros(200)
+    row[:30] = 1
+    base[30:40] = 1
+    row[40:120] = base[40:120] = 1
+    test = paired_test(row, base, resamples=40_000)
+    assert test.delta == pytest.approx(10.0)
+    assert test.p_value == pytest.approx(_exact_mcnemar(30, 10), abs=0.0015)
+    assert test.low < 10.0 < test.high and test.low > 0
+
+
+def test_no_difference_is_not_significant() -> None:
+    row, base = np.zeros(200), np.zeros(200)
+    row[:20], base[20:40] = 1, 1  # 20 wins, 20 losses
+    test = paired_test(row, base)
+    assert test.delta == 0.0 and test.p_value > 0.5 and test.low < 0 < test.high
+
+
+def test_runs_give_mean_sd_and_a_wider_interval() -> None:
+    rng = np.random.default_rng(1)
+    runs = np.stack([(rng.random(1000) < p).astype(float) for p in (0.2, 0.3, 0.4)])
+    pooled = summarize(runs)
+    means = runs.mean(axis=1) * 100
+    assert pooled.mean == pytest.approx(means.mean())
+    assert pooled.sd == pytest.approx(means.std(ddof=1))
+    one = summarize(runs[1])
+    assert (pooled.high - pooled.low) > 2 * (one.high - one.low)  # seeds disagree a lot
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="same queries"):
+        paired_test(np.ones(10), np.ones(11))
+    with pytest.raises(ValueError, match="finite"):
+        summarize([0.0, float("nan")])
+    with pytest.raises(ValueError, match="level"):
+        summarize([1.0, 0.0], level=95)
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+
+
+def test_per_query_values_reproduce_every_metric(tmp_path) -> None:
+    split = make_split()
+    result = evaluate(GoodModel(), split, progress=False)
+    assert result.query_ids == [q.id for q in split.queries]
+    assert set(result.per_query) == set(result.metrics)
+    for metric, values in result.per_query.items():
+        assert np.mean(values) * 100 == pytest.approx(result.metrics[metric], abs=1e-4)
+    groups = np.array(result.query_groups)
+    for group, metrics in result.per_group.items():
+        chosen = np.asarray(result.per_query["R@1"])[groups == group]
+        assert chosen.mean() * 100 == pytest.approx(metrics["R@1"])
+
+
+def _save(result, path) -> str:
+    result.to_json(path)
+    return str(path)
+
+
+def test_results_cli_prints_intervals_and_paired_tests(tmp_path, capsys) -> None:
+    split = make_split()
+    good = _save(evaluate(GoodModel(), split, progress=False), tmp_path / "good.json")
+    noisy = [
+        _save(evaluate(GoodModel(noise=n), split, progress=False), tmp_path / f"n{n}.json")
+        for n in (0.5, 0.6)
+    ]
+    image = _save(evaluate(ImageOnlyModel(), split, progress=False), tmp_path / "img.json")
+    args = ["results", f"image-only={image}", f"good={good}", f"noisy={noisy[0]}",
+            f"noisy={noisy[1]}", "--metrics", "R@1,R@5", "--baseline", "image-only"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = summarize(json.loads(Path(good).read_text())["per_query"]["R@1"])
+    assert f"| good | {summary.mean:.2f} [{summary.low:.2f}, {summary.high:.2f}]" in out
+    assert "| noisy (2 runs) | " in out and " ± " in out
+    assert "Paired difference to image-only" in out
+    paired_rows = out.split("Paired difference")[1]
+    assert "| good | +" in paired_rows and "p=" in paired_rows
+    assert "| image-only |" not in paired_rows
+
+
+def test_rows_on_different_queries_are_not_paired(tmp_path) -> None:
+    split = make_split()
+    other = dataclasses.replace(split, queries=split.queries[:20])
+    a = _save(evaluate(GoodModel(), split, progress=False), tmp_path / "a.json")
+    b = _save(evaluate(GoodModel(), other, progress=False), tmp_path / "b.json")
+    with pytest.raises(ValueError, match="not on the same queries"):
+        load_row("seeds", [a, b])
+    table = [load_row("a", [a]), load_row("b", [b])]
+    with pytest.raises(ValueError, match="not on the same queries"):
+        markdown_table(table, ["R@1"], baseline="a")
+    with pytest.raises(ValueError, match="baseline 'c'"):
+        markdown_table(table, ["R@1"], baseline="c")
