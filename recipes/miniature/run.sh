@@ -113,5 +113,5 @@ scaling+=("$PAIRS=$OUT/results/s1.json")
   "S2 mean pooling w/o stage 1=$OUT/results/mllm-s2-mean-no-stage1.json" \
   "S2 mean pooling on ground-truth triplets=$OUT/results/mllm-s2-mean-gt.json" \
   --out "$OUT/table.md" --scaling "${scaling[@]}" --plot "$OUT/scaling.png" \
-  --baselines "image-only,sum,combiner,S1 on ground-truth triplets"
+  --baselines "image-only,sum,combiner,S1 on ground-truth triplets" --baseline image-only
 cat "$OUT/table.md"
