@@ -105,7 +105,7 @@ def test_cirr_missing_file_names_path_and_source(tmp_path):
     message = str(err.value)
     assert str(tmp_path / "captions" / "cap.rc2.val.json") in message
     assert str(tmp_path / "cirr" / "captions" / "cap.rc2.val.json") in message
-    assert "Cuberick-Orion/CIRR" in message
+    assert "Cuberick-Orion/CIRR" in message and "cirr_dataset" in message
 
 
 def test_cirr_malformed_json_and_missing_field(tmp_path):

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 # Where each dataset comes from, in words (no link here can be fetched by the toolkit).
 SOURCES: dict[str, str] = {
     "cirr": (
-        "annotations from the official CIRR repository (GitHub Cuberick-Orion/CIRR); "
+        "annotations from the official CIRR repository (GitHub Cuberick-Orion/CIRR, branch "
+        "cirr_dataset); "
         "images are the NLVR2 images, requested through the NLVR2 project (lil-lab/nlvr)"
     ),
     "fashioniq": (
