@@ -13,7 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencir.eval.metrics import map_at_k, rank_gallery, recall_at_k, recall_subset_at_k
+from opencir.eval.metrics import (
+    map_at_k,
+    rank_gallery,
+    recall_at_k,
+    recall_hits_at_k,
+    recall_subset_at_k,
+)
 
 # ----------------------------------------------------------------------------- brute force
 
@@ -246,6 +252,17 @@ def test_genecis_recall_within_per_query_galleries():
     want, _ = brute_rank(q, g, 3, candidates=galleries)
     got = recall_at_k(ids, targets, [1, 2, 3])
     assert got == pytest.approx({k: brute_recall(want, targets, k) for k in (1, 2, 3)})
+
+
+def test_first_target_only_recall_ignores_the_other_ground_truths():
+    """CIRCO's official R@K: only the first target (``target_img_id``) is a hit."""
+    ranks = [[7, 3, 5], [2, 9, 4]]
+    targets = [(3, 7), (4, 2)]  # query 0's first target at rank 2, query 1's at rank 3
+    assert recall_at_k(ranks, targets, [1, 2, 3]) == {1: 100.0, 2: 100.0, 3: 100.0}
+    first = recall_at_k(ranks, targets, [1, 2, 3], first_target_only=True)
+    assert first == {1: 0.0, 2: 50.0, 3: 100.0}
+    hits = recall_hits_at_k(ranks, targets, [2], first_target_only=True)[2]
+    assert hits.tolist() == [1.0, 0.0]
 
 
 def test_padding_never_counts_as_a_hit():

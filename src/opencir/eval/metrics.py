@@ -276,25 +276,36 @@ def _rank_padded(q, g, k, lists, rows, budget, out_s, out_i) -> None:
 
 
 def recall_at_k(
-    ranks: RankLike, targets: Sequence[Collection[int]], ks: Sequence[int]
+    ranks: RankLike,
+    targets: Sequence[Collection[int]],
+    ks: Sequence[int],
+    first_target_only: bool = False,
 ) -> dict[int, float]:
     """Recall@K ×100: share of queries with any ground truth among their first K results.
 
     ``ranks`` is ``[Q, W]`` ranked gallery indices (``-1`` = padding, never a hit) and
     ``targets`` one non-empty collection of ground-truth indices per query. Ranking within
-    per-query candidate lists (GeneCIS) gives GeneCIS R@K.
+    per-query candidate lists (GeneCIS) gives GeneCIS R@K. ``first_target_only`` counts only
+    the first entry of each (ordered) ``targets`` as a hit, as the official CIRCO Recall@K
+    does with ``target_img_id``; the other ground truths then count as misses.
     """
-    return percent(recall_hits_at_k(ranks, targets, ks))
+    return percent(recall_hits_at_k(ranks, targets, ks, first_target_only))
 
 
 def recall_hits_at_k(
-    ranks: RankLike, targets: Sequence[Collection[int]], ks: Sequence[int]
+    ranks: RankLike,
+    targets: Sequence[Collection[int]],
+    ks: Sequence[int],
+    first_target_only: bool = False,
 ) -> dict[int, np.ndarray]:
     """Per-query Recall@K: ``[Q]`` of 1.0 where a ground truth is among the first K, else 0.0.
 
     :func:`recall_at_k` is their mean ×100; the per-query values feed the confidence
-    intervals and paired tests of :mod:`opencir.eval.stats`.
+    intervals and paired tests of :mod:`opencir.eval.stats`. ``first_target_only``: see
+    :func:`recall_at_k`.
     """
+    if first_target_only:
+        targets = [list(t)[:1] for t in targets]
     hits = _relevance(ranks, targets)
     _check_ks(ks, hits.shape[1])
     return {int(k): hits[:, :k].any(axis=1).astype(np.float64) for k in ks}
