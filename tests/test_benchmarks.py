@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 from opencir.eval.benchmarks import (
     BENCHMARKS,
@@ -17,6 +18,8 @@ from opencir.eval.benchmarks import (
 )
 from opencir.eval.benchmarks.circo import TEMPLATE_WITH_CONCEPT
 from opencir.eval.benchmarks.genecis import BoxCrop
+from opencir.eval.evaluate import evaluate
+from opencir.eval.report import recall_curve
 from tests.fixtures_benchmarks import (
     CIRCO_IDS,
     CIRCO_VAL,
@@ -220,6 +223,47 @@ def test_circo_template_and_test_split(tmp_path):
     assert all(q.targets == () for q in test.queries)
     with pytest.raises(ValueError, match=r"unknown placeholder.*'caption'"):
         load_benchmark("circo", tmp_path, "val", query_template="{caption}")
+
+
+class CircoOracle:
+    """Knows every fixture image by its pixels; "is asleep" ranks a second ground truth first
+    and its first target (``target_img_id``) last, every other query finds its first target."""
+
+    def __init__(self, split) -> None:
+        self.rows = {split.load_image(k).tobytes(): i for i, k in enumerate(split.gallery)}
+        self.row = {k: i for i, k in enumerate(split.gallery)}
+
+    def fingerprint(self) -> str:
+        return "circo-oracle"
+
+    def encode_target(self, images):
+        return torch.eye(len(self.rows))[[self.rows[im.tobytes()] for im in images]]
+
+    def encode_query(self, images, texts):
+        by_text = {q["cap"]: q for q in CIRCO_VAL}
+        out = torch.zeros(len(texts), len(self.rows))
+        for i, text in enumerate(texts):
+            q = by_text[text]
+            if text == "is asleep":
+                out[i, self.row[str(q["gts"][1])]] = 1.0
+                out[i, self.row[str(q["target"])]] = -1.0
+            else:
+                out[i, self.row[str(q["target"])]] = 1.0
+        return out
+
+
+def test_circo_official_recall_and_one_gallery_cache_for_val_and_test(tmp_path):
+    make_circo(tmp_path / "circo")
+    val, test = (load_benchmark("circo", tmp_path / "circo", s) for s in ("val", "test"))
+    assert val.recall_first_target and "target_img_id only" in val.protocol["recall"]
+    cache, model = tmp_path / "cache", CircoOracle(val)
+    first = evaluate(model, val, cache_dir=cache, progress=False)
+    assert first.metrics["R@5"] == pytest.approx(200 / 3)  # "is asleep" misses target_img_id
+    assert first.metrics["R_anyGT@5"] == 100.0  # ... but finds another ground truth
+    ks, curve = recall_curve(first, val)  # the report's recall plot counts as R@K does
+    assert curve[ks.index(5)] == first.metrics["R@5"]
+    second = evaluate(model, test, cache_dir=cache, progress=False)
+    assert second.gallery_cache_hit and len(list(cache.glob("*.npy"))) == 1
 
 
 def test_circo_errors(tmp_path):

@@ -7,6 +7,7 @@ baseline ignores the text, so the good model must score higher.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -192,6 +193,47 @@ def test_corrupt_cache_is_recomputed(tmp_path):
     result = evaluate(model, split, cache_dir=tmp_path, progress=False)
     assert not result.gallery_cache_hit and model.target_calls > 0
     assert np.load(path).shape == (N_GALLERY, DIM)
+
+
+def test_splits_of_one_gallery_share_its_cache(tmp_path):
+    """CIRCO val and test rank one 123k-image gallery: the second split is a cache hit."""
+    images, val_file, test_file = (tmp_path / n for n in ("images.json", "val.json", "test.json"))
+    for path in (images, val_file, test_file):
+        path.write_text("{}")
+    val = dataclasses.replace(
+        make_split(fingerprint_files=(str(val_file), str(images))), gallery_files=(str(images),)
+    )
+    test = dataclasses.replace(
+        make_split(hidden=True, fingerprint_files=(str(test_file), str(images))),
+        split="test",
+        gallery_files=(str(images),),
+    )
+    model, cache = GoodModel(), tmp_path / "cache"
+    first = evaluate(model, val, cache_dir=cache, progress=False)
+    second = evaluate(model, test, cache_dir=cache, progress=False)
+    assert not first.gallery_cache_hit and second.gallery_cache_hit
+    assert model.target_images == N_GALLERY  # the gallery was embedded once
+    assert first.dataset_fingerprint != second.dataset_fingerprint  # results still differ
+    os.utime(images, ns=(1, 1))  # the gallery's image list changed: embed it again
+    assert not evaluate(model, test, cache_dir=cache, progress=False).gallery_cache_hit
+
+
+def test_first_target_recall_is_reported_beside_any_ground_truth_recall():
+    """CIRCO: R@K counts the first target only, R_anyGT@K any ground truth."""
+    base = make_split()
+    reordered = [dataclasses.replace(q, targets=q.targets[::-1]) for q in base.queries]
+    split = dataclasses.replace(base, queries=reordered, recall_first_target=True)
+    result = evaluate(GoodModel(), split, progress=False)
+    q, g = core_embeddings(GoodModel(), split)
+    exclude = gallery_rows(split, [[qq.reference] for qq in split.queries])
+    targets = gallery_rows(split, [qq.targets for qq in split.queries])
+    ids, _ = rank_gallery(q, g, 10, exclude=exclude)
+    first = recall_at_k(ids, targets, split.ks, first_target_only=True)
+    any_gt = recall_at_k(ids, targets, split.ks)
+    assert {k: result.metrics[f"R@{k}"] for k in split.ks} == pytest.approx(first)
+    assert {k: result.metrics[f"R_anyGT@{k}"] for k in split.ks} == pytest.approx(any_gt)
+    assert first[1] < any_gt[1]  # the reordered queries' first target is not the one aimed at
+    assert "R_anyGT@1" not in evaluate(GoodModel(), base, progress=False).metrics
 
 
 def test_reference_exclusion_policy():

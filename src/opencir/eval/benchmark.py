@@ -43,6 +43,11 @@ class BenchmarkSplit:
     caption joining, query template, ...): reports print it verbatim.
     ``ks`` are the cut-offs reported for this benchmark; ``metrics`` names the families to
     compute (any of ``"recall"``, ``"recall_subset"``, ``"map"``).
+    ``recall_first_target``: ``R@K`` counts a hit on each query's first target only (CIRCO's
+    official recall); recall on any ground truth is then reported as ``R_anyGT@K``.
+    ``gallery_files`` determine the gallery images (e.g. CIRCO's image list): the gallery
+    embedding cache is keyed by them and the gallery keys, so splits sharing one gallery
+    (CIRCO val and test) share the cache. Empty: ``fingerprint_files`` are used instead.
     """
 
     benchmark: str
@@ -57,3 +62,5 @@ class BenchmarkSplit:
     exclude_reference: bool = False
     group: Callable[[CIRQuery], str] | None = None
     fingerprint_files: Sequence[str] = ()
+    recall_first_target: bool = False
+    gallery_files: Sequence[str] = ()

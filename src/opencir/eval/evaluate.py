@@ -3,7 +3,8 @@
 The evaluator embeds the gallery (cached on disk) and the queries, ranks with the shared
 metric core (:mod:`opencir.eval.metrics`) under the split's protocol switches and returns an
 :class:`EvalResult` holding the numbers, the switches and the top-K rankings (for submission
-files and qualitative grids). Metric names: ``R@K``, ``R_subset@K``, ``mAP@K`` and, when
+files and qualitative grids). Metric names: ``R@K``, ``R_subset@K``, ``mAP@K``; when ``R@K``
+counts the first target only (CIRCO), ``R_anyGT@K`` counts a hit on any ground truth; when
 both recall families are computed (CIRR), ``R_avg`` = (R@5 + R_subset@1) / 2.
 """
 
@@ -134,9 +135,10 @@ def evaluate(
 ) -> EvalResult:
     """Embed, rank and score ``split`` with ``model`` under the split's protocol.
 
-    The gallery embeddings are cached in ``cache_dir`` (keyed by the model and dataset
-    fingerprints). ``keep_rankings`` top results per query are kept as gallery keys. Splits
-    whose queries carry no ground truth (hidden test sets) get rankings but no metrics.
+    The gallery embeddings are cached in ``cache_dir`` (keyed by the model and gallery
+    fingerprints, so splits sharing a gallery share them). ``keep_rankings`` top results per
+    query are kept as gallery keys. Splits whose queries carry no ground truth (hidden test
+    sets) get rankings but no metrics.
     """
     _check_args(split, batch_size, keep_rankings)
     index = gallery_index(split)
@@ -238,10 +240,25 @@ def _target_indices(split: BenchmarkSplit, index: dict[str, int]) -> list[list[i
 
 def dataset_fingerprint(split: BenchmarkSplit) -> str:
     """Hash of benchmark, split, gallery keys and size+mtime of ``split.fingerprint_files``."""
-    h = hashlib.sha256(f"{split.benchmark}\0{split.split}\0{len(split.gallery)}\0".encode())
-    for key in split.gallery:
+    return _fingerprint((split.benchmark, split.split), split.gallery, split.fingerprint_files)
+
+
+def gallery_fingerprint(split: BenchmarkSplit) -> str:
+    """Hash of what the gallery images depend on, not of the split's name or queries.
+
+    Benchmark, gallery keys and size+mtime of ``split.gallery_files`` (of
+    ``split.fingerprint_files`` when the adapter names no gallery files), so two splits of
+    one gallery (CIRCO val and test) get the same fingerprint.
+    """
+    files = split.gallery_files or split.fingerprint_files
+    return _fingerprint((split.benchmark,), split.gallery, files)
+
+
+def _fingerprint(names: Sequence[str], keys: Sequence[str], files: Sequence[str]) -> str:
+    h = hashlib.sha256("\0".join([*names, str(len(keys)), ""]).encode())
+    for key in keys:
         h.update(key.encode() + b"\0")
-    for name in split.fingerprint_files:
+    for name in files:
         try:
             st = os.stat(name)
             h.update(f"{os.path.abspath(name)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -252,10 +269,10 @@ def dataset_fingerprint(split: BenchmarkSplit) -> str:
 
 
 def gallery_cache_path(model: Retriever, split: BenchmarkSplit, cache_dir: str | Path) -> Path:
-    """Where the gallery embeddings of ``model`` on ``split`` are cached."""
-    key = f"{retriever_fingerprint(model)}\0{dataset_fingerprint(split)}"
+    """Where the gallery embeddings of ``model`` on ``split``'s gallery are cached."""
+    key = f"{retriever_fingerprint(model)}\0{gallery_fingerprint(split)}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{split.benchmark}-{split.split}")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{split.benchmark}-gallery")
     return Path(cache_dir) / f"{stem}-{digest}.npy"
 
 
@@ -459,7 +476,7 @@ def _score(split, index, ids, targets, subsets, subset_ids) -> tuple:
 def _per_query_values(split, index, ids, targets, subsets, subset_ids) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if "recall" in split.metrics:
-        out |= {f"R@{k}": v for k, v in recall_hits_at_k(ids, targets, split.ks).items()}
+        out |= _recall_hits(split, ids, targets)
     if subsets is not None:
         refs = [index.get(q.reference, -1) for q in split.queries]
         sub = recall_subset_hits_at_k(subset_ids, targets, subsets, split.subset_ks, refs)
@@ -468,6 +485,15 @@ def _per_query_values(split, index, ids, targets, subsets, subset_ids) -> dict[s
         out |= {f"mAP@{k}": v for k, v in average_precision_at_k(ids, targets, split.ks).items()}
     if "R@5" in out and "R_subset@1" in out:
         out["R_avg"] = (out["R@5"] + out["R_subset@1"]) / 2
+    return out
+
+
+def _recall_hits(split: BenchmarkSplit, ids, targets) -> dict[str, np.ndarray]:
+    """``R@K`` as the benchmark counts it; beside a first-target ``R@K`` (CIRCO), ``R_anyGT@K``."""
+    first = split.recall_first_target
+    out = {f"R@{k}": v for k, v in recall_hits_at_k(ids, targets, split.ks, first).items()}
+    if first:
+        out |= {f"R_anyGT@{k}": v for k, v in recall_hits_at_k(ids, targets, split.ks).items()}
     return out
 
 

@@ -180,7 +180,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def recall_curve(
     result: EvalResult, split: BenchmarkSplit, max_k: int | None = None
 ) -> tuple[list[int], list[float]]:
-    """``(ks, recalls)`` for K = 1..max_k from the kept rankings and the ground truth."""
+    """``(ks, recalls)`` for K = 1..max_k from the kept rankings, counted as ``R@K`` is."""
     _check_match(result, split)
     queries = [q for q in split.queries if q.id in result.rankings]
     if not queries:
@@ -196,7 +196,7 @@ def recall_curve(
         ranks[row, : len(keys)] = [index[k] for k in keys]
     targets = [[index[t] for t in q.targets if t in index] for q in queries]
     ks = list(range(1, max_k + 1))
-    values = recall_at_k(ranks, targets, ks)
+    values = recall_at_k(ranks, targets, ks, first_target_only=split.recall_first_target)
     return ks, [values[k] for k in ks]
 
 

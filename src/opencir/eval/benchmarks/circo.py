@@ -8,8 +8,10 @@ Expected under ``data_root``::
     COCO2017_unlabeled/unlabeled2017/<000000000008>.jpg             the gallery images
 
 Protocol (the common one, as SEARLE / LinCIR): the gallery is the whole COCO 2017 unlabeled
-set, the reference is kept, mAP@{5,10,25,50} over all ground truths; the query text is the
-relative caption alone. Image keys are the COCO image ids as strings.
+set, the reference is kept, mAP@{5,10,25,50} over all ground truths; R@K counts
+``target_img_id`` alone, as the official evaluation (``R_anyGT@K``: any ground truth); the query
+text is the relative caption alone. Image keys are the COCO image ids as strings. Val and test
+share one gallery, so its cached embeddings serve both.
 """
 
 from __future__ import annotations
@@ -126,10 +128,13 @@ def load_circo(data_root: str | Path, split: str = "val", **options) -> Benchmar
             "split": name,
             "gallery": "COCO 2017 unlabeled (image_info_unlabeled2017.json)",
             "ground_truth": "target_img_id + gt_img_ids",
+            "recall": "R@K: target_img_id only (official); R_anyGT@K: any ground truth",
             **asdict(opts),
         },
         ks=(5, 10, 25, 50),
         metrics=("map", "recall"),
         exclude_reference=opts.exclude_reference,
         fingerprint_files=(str(src.path), str(info_path)),
+        recall_first_target=True,
+        gallery_files=(str(info_path),),
     )
