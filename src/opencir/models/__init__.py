@@ -1,7 +1,8 @@
 """Models: registry, backbones, S1 reformulation network, S2 MLLM embedder, baselines."""
 
 from opencir.models.base import CIRModel, Retriever
-from opencir.models.checkpoint import CheckpointError, load
+from opencir.models.card import CardRecords
+from opencir.models.checkpoint import CheckpointError, load, update_model_card
 from opencir.models.config import (
     BackboneConfig,
     FusionConfig,
@@ -16,6 +17,7 @@ from opencir.models.registry import create_model, get_model_config, list_models,
 __all__ = [
     "BackboneConfig",
     "CIRModel",
+    "CardRecords",
     "CheckpointError",
     "FusionConfig",
     "MLLMConfig",
@@ -29,4 +31,5 @@ __all__ = [
     "list_models",
     "load",
     "load_model",
+    "update_model_card",
 ]

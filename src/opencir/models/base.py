@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from opencir.models.backbones import get_family
+from opencir.models.card import CardRecords
 from opencir.models.config import ModelConfig
 from opencir.models.preprocess import preprocess_images
 
@@ -161,8 +162,12 @@ class CIRModel(nn.Module):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer atomically."""
+    def save(self, directory: str | Path, records: CardRecords | None = None) -> Path:
+        """Write ``config.json``, ``model.safetensors``, the tokenizer and a model card.
+
+        ``records`` (training recipe, data provenance, evaluation results, licence) fill
+        the model card ``README.md``; without them its unknown sections say so.
+        """
         from opencir.models.checkpoint import save_checkpoint
 
-        return save_checkpoint(self, directory)
+        return save_checkpoint(self, directory, records)

@@ -2,7 +2,9 @@
 
 The config fully rebuilds the architecture (no hub access), the tensors are loaded strictly,
 and a checkpoint whose tensors disagree with its config is refused with the names of the
-mismatching tensors.
+mismatching tensors. A model card (``README.md``, :mod:`opencir.models.card`) sits beside
+them for people and the Hugging Face Hub; loading never reads it. A checkpoint is named by
+its folder or by the id of a Hub repository holding one (:mod:`opencir.models.hub`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from transformers import AutoTokenizer
 from opencir.atomic import fsync_tree, swap_in
 from opencir.models.base import CIRModel
 from opencir.models.base_weights import restore_external, split_external
+from opencir.models.card import (
+    CardRecords,
+    ModelCard,
+    read_card_records,
+    result_summary,
+    write_model_card,
+)
 from opencir.models.config import ModelConfig
+from opencir.models.errors import CheckpointError
+from opencir.models.hub import checkpoint_snapshot, is_repo_id
 
 CHECKPOINT_FORMAT = "opencir-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -28,12 +39,13 @@ CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing files or its tensors do not match its config."""
+def save_checkpoint(
+    model: CIRModel, directory: str | Path, records: CardRecords | None = None
+) -> Path:
+    """Write the checkpoint into a temp dir beside ``directory`` and swap it in atomically.
 
-
-def save_checkpoint(model: CIRModel, directory: str | Path) -> Path:
-    """Write the checkpoint into a temp dir beside ``directory`` and swap it in atomically."""
+    ``records`` (training recipe, data provenance, results) go into the model card.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -50,6 +62,7 @@ def save_checkpoint(model: CIRModel, directory: str | Path) -> Path:
             json.dumps({**header, "model": model.config.to_dict()}, indent=2)
         )
         model.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        write_model_card(staging, ModelCard(model.config, records or CardRecords()))
         fsync_tree(staging)
         swap_in(staging, directory)
     except BaseException:
@@ -85,11 +98,26 @@ def read_checkpoint_config(directory: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data["model"])
 
 
-def load(directory: str | Path, map_location: str | torch.device = "cpu") -> CIRModel:
-    """Load a checkpoint written by ``model.save``; embeddings are bit-identical."""
+def checkpoint_folder(source: str | Path) -> Path:
+    """The local folder of a checkpoint named by its folder or by a Hub repo id.
+
+    An existing folder wins; otherwise an ``owner/name`` spelling is looked up in the Hugging
+    Face cache and downloaded unless offline.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir() or not is_repo_id(str(source)):
+        return path
+    return checkpoint_snapshot(str(source))
+
+
+def load(source: str | Path, map_location: str | torch.device = "cpu") -> CIRModel:
+    """Load a checkpoint written by ``model.save`` (a folder or a Hub repo id).
+
+    Embeddings are bit-identical to the saved model's.
+    """
     from opencir.models.registry import build_architecture, build_model
 
-    directory = Path(directory)
+    directory = checkpoint_folder(source)
     config = read_checkpoint_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -134,3 +162,18 @@ def _load_strict(model: CIRModel, tensors: dict[str, torch.Tensor], directory: P
             f"checkpoint {directory} does not match its config.json{hint}: " + "; ".join(problems)
         )
     model.load_state_dict(tensors, strict=True)
+
+
+def update_model_card(directory: str | Path, results: str | Path | dict) -> Path:
+    """Add an evaluation (an ``opencir eval --out`` JSON file or dict) to a checkpoint's card.
+
+    A result for the same benchmark and split replaces the earlier one.
+    """
+    directory = Path(directory)
+    config = read_checkpoint_config(directory)
+    records = read_card_records(directory)
+    summary = result_summary(results)
+    same = (summary.get("benchmark"), summary.get("split"))
+    kept = [r for r in records.results if (r.get("benchmark"), r.get("split")) != same]
+    updated = CardRecords(records.training, records.data, (*kept, summary), records.license)
+    return write_model_card(directory, ModelCard(config, updated))

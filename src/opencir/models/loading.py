@@ -11,7 +11,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opencir.models.backbones import DualTower, get_family
 from opencir.models.config import BackboneConfig, PreprocessConfig
+from opencir.models.hub import offline
 from opencir.models.tokenizer import byte_level_tokenizer
 
 log = logging.getLogger(__name__)
 
 BACKBONE_META = "opencir_backbone.json"  # OpenCIR facts about a saved backbone directory
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OPENCIR_OFFLINE")
 
 
 class PretrainedNotAvailableError(OSError):
     """Pretrained weights were asked for but cannot be found locally or fetched."""
-
-
-def _offline() -> bool:
-    return any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in _OFFLINE_VARS)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -81,7 +76,7 @@ def resolve_source(source: str) -> tuple[str, bool]:
         return str(path), True
     if _looks_like_path(source) or path.exists():
         raise _not_available(source, f"no such directory: {path.resolve()}")
-    return source, _offline()
+    return source, offline()
 
 
 def from_pretrained(model_class: Any, source: str) -> Any:

@@ -25,6 +25,7 @@ from opencir.models.config import (
     ModelConfig,
     PreprocessConfig,
 )
+from opencir.models.hub import is_repo_id
 from opencir.models.loading import build_tower, load_tokenizer, load_tower
 from opencir.models.mllm import MLLMEmbedder, build_llava, load_llava
 from opencir.models.reformulation import InstructCIR
@@ -169,22 +170,22 @@ def create_model(name: str, pretrained: str | bool | None = None, **overrides: A
 def load_model(spec: str, pretrained: str | None = None) -> CIRModel:
     """The model a ``--model`` argument names, in eval mode.
 
-    ``DIR`` — an OpenCIR checkpoint written by ``model.save``; ``NAME@DIR`` — a registered
-    model with backbone weights from a ``save_pretrained`` directory (same as
-    ``pretrained=DIR``); ``NAME`` — a registered model (random weights unless
-    ``pretrained`` is given).
+    ``DIR`` — an OpenCIR checkpoint written by ``model.save``; ``OWNER/REPO`` — a Hugging
+    Face Hub repo holding one (from the local cache, else downloaded unless offline);
+    ``NAME@DIR`` or ``NAME@OWNER/REPO`` — a registered model with backbone weights from a
+    ``save_pretrained`` directory or Hub repo (same as ``pretrained=...``); ``NAME`` — a
+    registered model (random weights unless ``pretrained`` is given). An existing folder
+    always wins over a repo id spelled the same.
     """
     from pathlib import Path
 
     from opencir.models.checkpoint import is_checkpoint, load
 
-    name, sep, directory = str(spec).partition("@")
+    name, sep, source = str(spec).partition("@")
     if sep:
         if pretrained is not None:
             raise ValueError(f"model {spec!r} already names its weights; drop pretrained")
-        if not Path(directory).expanduser().is_dir():
-            raise ValueError(f"model {spec!r}: backbone weights folder {directory} does not exist")
-        return create_model(name, pretrained=str(Path(directory).expanduser().resolve())).eval()
+        return create_model(name, pretrained=_backbone_source(spec, source)).eval()
     if is_checkpoint(spec):
         return load(spec).eval()
     if Path(spec).is_dir():
@@ -193,9 +194,26 @@ def load_model(spec: str, pretrained: str | None = None) -> CIRModel:
             "format 'opencir-checkpoint'); for Hugging Face backbone weights use NAME@DIR, "
             "e.g. instructcir-vit-l-14@/models/clip-vit-large-patch14"
         )
+    if is_repo_id(spec):
+        return load(spec).eval()
     if "/" in spec or "\\" in spec:
         raise ValueError(
-            f"model {spec!r} is neither a checkpoint folder (no such folder) nor a registered "
-            "model name; see `opencir models`"
+            f"model {spec!r} is neither a checkpoint folder (no such folder), a Hugging Face "
+            "repo id (OWNER/REPO) nor a registered model name; see `opencir models`"
         )
     return create_model(spec, pretrained=pretrained).eval()
+
+
+def _backbone_source(spec: str, source: str) -> str:
+    """The ``SOURCE`` of ``NAME@SOURCE``: an existing folder (made absolute) or a repo id."""
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if is_repo_id(source):
+        return source
+    raise ValueError(
+        f"model {spec!r}: backbone weights {source!r} are neither an existing folder nor a "
+        "Hugging Face repo id (OWNER/REPO)"
+    )

@@ -43,7 +43,7 @@ class MLLMStage(Task):
 
     def export(self, out_dir: Path) -> Path:
         self.model.merge_lora()
-        return self.model.save(out_dir / "final")
+        return self.save_final(out_dir)
 
 
 class LanguageModelTask(MLLMStage):

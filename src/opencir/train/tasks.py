@@ -22,6 +22,7 @@ from opencir.models.loading import BACKBONE_META, resolve_source
 from opencir.train.config import TrainConfig
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.losses import batch_contrastive_loss, clip_loss
+from opencir.train.provenance import training_records
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,11 @@ class Task:
         """Called after every optimizer step (EMA updates live here)."""
 
     def export(self, out_dir: Path) -> Path:
-        return self.model.save(out_dir / "final")
+        return self.save_final(out_dir)
+
+    def save_final(self, out_dir: Path) -> Path:
+        """The finished model as ``out_dir/final``, its card recording recipe and data."""
+        return self.model.save(out_dir / "final", training_records(self.config))
 
 
 class PretrainTask(Task):
@@ -130,7 +135,7 @@ class PretrainTask(Task):
 
     def export(self, out_dir: Path) -> Path:
         """The OpenCIR checkpoint plus a Hugging Face backbone dir usable as ``pretrained=``."""
-        final = self.model.save(out_dir / "final")
+        final = self.save_final(out_dir)
         save_backbone(self.model, out_dir / "backbone")
         return final
 
