@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="checkpoint directory, registry NAME, NAME@HF_DIR, or cirevl:CONFIG.json "
+        help="checkpoint directory or Hugging Face repo OWNER/REPO, registry NAME, "
+        "NAME@HF_DIR, or cirevl:CONFIG.json "
         "(the training-free CIReVL-style baseline)",
     )
     parser.add_argument("--pretrained", help="backbone weights for a registry name (hub id/dir)")

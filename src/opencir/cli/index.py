@@ -41,7 +41,11 @@ def _register_build(actions: argparse._SubParsersAction) -> None:
         description="Embed every image of SRC and write INDEX. Re-running an interrupted "
         "build resumes it.",
     )
-    build.add_argument("--model", required=True, help="checkpoint folder, NAME@HF_DIR, or NAME")
+    build.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint folder or Hugging Face repo OWNER/REPO, NAME@HF_DIR, or NAME",
+    )
     build.add_argument(
         "--images", required=True, help="image folder (recursive), or a .txt/.jsonl list"
     )
