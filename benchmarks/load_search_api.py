@@ -351,8 +351,10 @@ def measure(index: Path, args: argparse.Namespace, upload: bytes, upload_image: 
     Interleaving puts both sides of every ratio on the same (shared, noisy) machine state.
     """
     from opencir.index import Searcher
+    from opencir.index.tuning import configure_faiss
     from opencir.serve import ServeConfig, create_app, start_in_thread
 
+    configure_faiss()  # this process is the server: tuned as `opencir serve` tunes its own
     searcher = Searcher.open(index)
     count = len(searcher.index)
     app = create_app(ServeConfig(index=str(index), max_batch=max_batch), searcher)

@@ -36,7 +36,7 @@ from index_synthetic import assemble_index, clustered_unit
 
 from opencir.index import BuildConfig, GalleryIndex, default_search_params
 from opencir.index.store import apply_search_params
-from opencir.index.tuning import available_cpus
+from opencir.index.tuning import available_cpus, configure_faiss
 
 SWEEPS = {
     "nprobe": [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256],
@@ -137,6 +137,7 @@ def measure(root: Path, n: int, args: argparse.Namespace) -> list[Outcome]:
 
 def main() -> None:
     args = parse_args()
+    configure_faiss()  # as the CLI and the server do for their process
     print(machine_report())
     print(f"CPUs available: {available_cpus()}; data: 2-level gaussian mixture (100 x 50 centres)")
     for n in args.sizes:

@@ -125,6 +125,7 @@ def sweep_faiss_blocks(index: GalleryIndex, queries: np.ndarray, k: int, rounds:
 
 def main() -> None:
     args = parse_args()
+    configure_faiss()  # as the CLI and the server do for their process
     print(machine_report())
     print(f"CPUs available: {available_cpus()}, FAISS threads: {FaissSettings().threads or 'all'}")
     folder = flat_index(args.dir, args.n, args.dim, args.rebuild)

@@ -74,21 +74,76 @@ def test_exact_search_pads_when_the_gallery_is_smaller_than_k() -> None:
     assert ids[0, 0] == 3 and ids[1, 0] == 8
 
 
-def test_opening_an_index_applies_the_faiss_settings(tmp_path: Path) -> None:
+def _faiss_settings() -> tuple[int, int, int, int]:
+    cvar = faiss.cvar
+    return (
+        cvar.distance_compute_blas_threshold,
+        cvar.distance_compute_blas_query_bs,
+        cvar.distance_compute_blas_database_bs,
+        faiss.omp_get_max_threads(),
+    )
+
+
+@pytest.fixture
+def host_faiss_settings():
+    """FAISS settings a host process chose (none of ours); restored afterwards."""
+    before = _faiss_settings()
+    chosen = FaissSettings(blas_threshold=3, blas_query_bs=5, blas_database_bs=7, threads=1)
+    configure_faiss(chosen)
+    yield _faiss_settings()
+    configure_faiss(FaissSettings(*before))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
+def test_library_calls_leave_the_process_faiss_settings_alone(
+    tmp_path: Path, host_faiss_settings, factory: str
+) -> None:
+    solid_images(tmp_path / "imgs", 30)
+    config = BuildConfig(**{**FAST.__dict__, "factory": factory})
+    build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", config)
+    remove_images(tmp_path / "idx", ids=[2])
+    index = GalleryIndex.open(tmp_path / "idx")
+    index.search(_unit(np.random.default_rng(0), 30, index.dim), 3)
+    index.close()
+    assert _faiss_settings() == host_faiss_settings
+
+
+def _tuned() -> tuple[int, int, int, int]:
+    wanted = FaissSettings()
+    threads = available_cpus()
+    return (wanted.blas_threshold, wanted.blas_query_bs, wanted.blas_database_bs, threads)
+
+
+def test_the_index_command_tunes_faiss_for_its_process(tmp_path: Path, host_faiss_settings):
+    from opencir.cli import main
+
     solid_images(tmp_path / "imgs", 12)
     build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
-    faiss.cvar.distance_compute_blas_threshold = 3
-    faiss.cvar.distance_compute_blas_database_bs = 7
-    faiss.omp_set_num_threads(1)
-    GalleryIndex.open(tmp_path / "idx").close()
-    wanted = FaissSettings()
-    assert faiss.cvar.distance_compute_blas_threshold == wanted.blas_threshold
-    assert faiss.cvar.distance_compute_blas_query_bs == wanted.blas_query_bs
-    assert faiss.cvar.distance_compute_blas_database_bs == wanted.blas_database_bs
-    assert faiss.omp_get_max_threads() == available_cpus()
-    configure_faiss(FaissSettings(threads=1))
-    assert faiss.omp_get_max_threads() == 1
-    configure_faiss()
+    assert _faiss_settings() == host_faiss_settings
+    assert main(["index", "verify", "--index", str(tmp_path / "idx")]) == 0
+    assert _faiss_settings() == _tuned()
+
+
+def test_a_served_process_is_tuned_but_a_server_thread_is_not(
+    monkeypatch, host_faiss_settings
+) -> None:
+    from opencir.serve import runner
+
+    class Server:  # uvicorn's part: returns at once instead of serving
+        started = True
+        should_exit = False
+
+        def run(self, sockets: list) -> None:
+            opened.extend(sockets)
+
+    opened: list = []
+    monkeypatch.setattr(runner, "_server", lambda app, log_level: Server())
+    runner.start_in_thread(app=None).stop()
+    assert _faiss_settings() == host_faiss_settings
+    runner.serve_socket(app=None, sock=runner.bind("127.0.0.1", 0))
+    assert _faiss_settings() == _tuned()
+    for sock in opened:
+        sock.close()
 
 
 def test_flat_index_is_searched_through_its_int8_codes(tmp_path: Path) -> None:

@@ -97,14 +97,19 @@ def _config(args: argparse.Namespace, **extra: Any) -> BuildConfig:
     )
 
 
-def _quiet_faiss() -> None:
+def prepare_faiss() -> None:
+    """Quiet FAISS's loader log and tune FAISS for this process (the CLI owns it; the
+    library leaves process-wide settings to its caller)."""
+    from opencir.index.tuning import configure_faiss
+
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    configure_faiss()
 
 
 def run_build(args: argparse.Namespace) -> int:
     from opencir.index import build_index, resolve_model
 
-    _quiet_faiss()
+    prepare_faiss()
     config = _config(
         args,
         factory=args.factory,
@@ -122,7 +127,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     from opencir.index import add_images, read_manifest, resolve_model
 
-    _quiet_faiss()
+    prepare_faiss()
     spec = args.model or read_manifest(args.index).model.spec
     manifest = add_images(args.index, args.images, resolve_model(spec), _config(args))
     print(f"index {args.index} now holds {manifest.count} images")
@@ -135,7 +140,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
     if not (args.id or args.name or args.missing):
         raise UsageError("say what to remove: --id, --name or --missing")
-    _quiet_faiss()
+    prepare_faiss()
     manifest = remove_images(args.index, args.id, args.name, missing_files=args.missing)
     print(f"index {args.index} now holds {manifest.count} images")
     return 0
@@ -151,7 +156,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from opencir.index import GalleryIndex
 
-    _quiet_faiss()
+    prepare_faiss()
     index = GalleryIndex.open(args.index, verify=True)
     print(f"{args.index}: OK ({len(index)} images, all checksums match)")
     index.close()

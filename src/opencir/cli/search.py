@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,10 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from opencir.cli.index import prepare_faiss
     from opencir.data.images import load_image
     from opencir.index import QueryLimits, Searcher, render_grid
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    prepare_faiss()
     searcher = Searcher.open(args.index, args.model, limits=QueryLimits(max_k=10_000))
     try:
         image = load_image(args.image) if args.image else None

@@ -41,7 +41,6 @@ from opencir.index.resolve import canonical_spec
 from opencir.index.sources import ImageSource, iter_sources
 from opencir.index.store import GalleryIndex, iter_item_rows, write_items
 from opencir.index.stream import NpyWriter, iter_npy_rows, write_flat_faiss
-from opencir.index.tuning import configure_faiss
 
 log = logging.getLogger(__name__)
 
@@ -562,7 +561,6 @@ def _faiss_index(
     """Extend the base FAISS index, rebuild it after removals, or train a new one."""
     import faiss
 
-    configure_faiss()
     if base is not None:
         index = faiss.read_index(str(base.folder / VECTORS_FILE))  # writable copy
         if remove:

@@ -24,7 +24,6 @@ from opencir.index.manifest import (
     check_model,
     read_manifest,
 )
-from opencir.index.tuning import configure_faiss
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +158,6 @@ class GalleryIndex:
         """Open ``folder``; ``verify`` checks SHA-256 of every file (sizes are always checked)."""
         import faiss
 
-        configure_faiss()
         folder = Path(folder)
         manifest = read_manifest(folder)
         check_files(folder, manifest, checksums=verify)

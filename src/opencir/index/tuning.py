@@ -6,6 +6,11 @@ FAISS switches from its one-query-at-a-time scan to BLAS matrix products at
 more time merging per-block heaps than multiplying; a block of 2**18 rows is over 3x faster
 for a batch of 100 queries over 1M vectors. Below the threshold the plain scan is still the
 faster one, so the threshold stays at FAISS's 20.
+
+The settings are global to the process, so only the process entry points apply them: the
+``opencir index`` / ``search`` commands and a served app
+(:func:`opencir.serve.runner.serve_socket`). Opening, building or searching an index through
+the library leaves the caller's choices alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FaissSettings:
-    """Process-wide FAISS CPU settings applied when an index is opened or built."""
+    """Process-wide FAISS CPU settings, applied by the CLI and the server at start-up."""
 
     blas_threshold: int = 20
     blas_query_bs: int = 4096

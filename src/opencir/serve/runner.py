@@ -53,7 +53,14 @@ def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 def serve_socket(app: Any, sock: socket.socket) -> None:
-    """Serve on an already bound socket until interrupted (Ctrl-C)."""
+    """Serve on an already bound socket until interrupted (Ctrl-C).
+
+    The server owns its process, so FAISS is tuned for it here; library calls (and
+    :func:`start_in_thread`, which runs inside someone else's process) leave it alone.
+    """
+    from opencir.index.tuning import configure_faiss
+
+    configure_faiss()
     log.info("serving on %s (Ctrl-C to stop)", url_of(sock))
     _server(app, "warning").run(sockets=[sock])
 
