@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from types import NoneType, UnionType
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -139,7 +141,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        counts = (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+        )
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -151,37 +161,140 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Instantiate a config dataclass from a dict, naming unknown keys and their location."""
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate a config dataclass from a dict, checking every key and value type.
+
+    ``prefix`` is the dotted path of the section (``"optim."``), so errors name the full key.
+    """
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; expected some of {sorted(known)}")
+        section = prefix.rstrip(".") or "the top level"
+        raise ValueError(f"unknown key(s) {unknown} in {section}; expected some of {sorted(known)}")
+    missing = sorted(name for name, f in known.items() if _required(f) and name not in data)
+    if missing:
+        raise ValueError(f"missing required key(s) {[prefix + name for name in missing]}")
     hints = get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        value = _coerce_number(hints[name], value, f"{where}.{name}")
-        nested = (
-            {"data": DataConfig, "optim": OptimConfig, "mllm": MLLMTrainConfig}.get(name)
-            if cls is TrainConfig
-            else None
-        )
-        if nested is not None and isinstance(value, dict):
-            value = _build(nested, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
+    return cls(
+        **{name: _convert(hints[name], value, prefix + name) for name, value in data.items()}
+    )
 
 
-def _coerce_number(hint: Any, value: Any, where: str) -> Any:
-    """YAML reads ``3e-4`` as a string; numbers are parsed for numeric fields, clearly."""
-    if not isinstance(value, str) or not ({float, int} & set(get_args(hint) or (hint,))):
+def _required(field_: dataclasses.Field) -> bool:
+    return field_.default is MISSING and field_.default_factory is MISSING
+
+
+def _convert(hint: Any, value: Any, key: str, shown: Any = None) -> Any:
+    """``value`` as the field type ``hint``; a ValueError names the key, value and type.
+
+    ``shown`` is the type an error message states (the whole ``int | None``, not ``int``).
+    """
+    origin, args, shown = get_origin(hint), get_args(hint), shown or hint
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, _section(value, key), key + ".")
+    if origin in (Union, UnionType):
+        if value is None and NoneType in args:
+            return None
+        (inner,) = (arg for arg in args if arg is not NoneType)
+        return _convert(inner, value, key, shown=hint)
+    if origin is tuple:
+        return _convert_tuple(hint, value, key, shown)
+    if origin is dict:
+        return _convert_dict(hint, value, key, shown)
+    if hint is Any:
         return value
-    try:
-        return int(value) if int in (get_args(hint) or (hint,)) else float(value)
-    except ValueError:
-        raise ValueError(f"{where} must be a number, got {value!r}") from None
+    return _convert_scalar(hint, value, key, shown)
+
+
+def _section(value: Any, key: str) -> dict[str, Any]:
+    """A nested section (``data:``, ``optim:``); an empty one means all defaults."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a section of key: value pairs, got {value!r}")
+    return value
+
+
+def _convert_tuple(hint: Any, value: Any, key: str, shown: Any) -> tuple:
+    """A list; where a list of strings is expected, one string stands for a list of one."""
+    item_types = get_args(hint)
+    variadic = item_types[1:] == (Ellipsis,)
+    if variadic and item_types[0] is str and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not (variadic or len(value) == len(item_types)):
+        return _wrong_type(shown, value, key)
+    if variadic:
+        item_types = (item_types[0],) * len(value)
+    return tuple(
+        _convert(item_type, item, f"{key}[{i}]")
+        for i, (item_type, item) in enumerate(zip(item_types, value, strict=True))
+    )
+
+
+def _convert_dict(hint: Any, value: Any, key: str, shown: Any) -> dict:
+    if not isinstance(value, dict):
+        return _wrong_type(shown, value, key)
+    key_type, value_type = get_args(hint)
+    return {
+        _convert(key_type, name, f"{key} (a key)"): _convert(value_type, item, f"{key}.{name}")
+        for name, item in value.items()
+    }
+
+
+def _convert_scalar(hint: type, value: Any, key: str, shown: Any) -> Any:
+    """bool, int, float or str. YAML reads ``3e-4`` as a string, so numbers may be strings."""
+    number = _number(value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and number is not None and float(number).is_integer():
+        return int(number)
+    if hint is float and number is not None:
+        return float(number)
+    if hint is str and isinstance(value, str):
+        return value
+    return _wrong_type(shown, value, key)
+
+
+def _number(value: Any) -> int | float | None:
+    """A finite number from an int, float or numeric string; ``None`` for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return None
+
+
+def _wrong_type(hint: Any, value: Any, key: str) -> NoReturn:
+    raise ValueError(f"{key} must be {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+_SCALAR_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    Any: "any value",
+}
+
+
+def _describe(hint: Any) -> str:
+    """``int | None`` → "an integer or null"; ``tuple[float, ...]`` → "a list, each a number"."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        return " or ".join([_describe(a) for a in args if a is not NoneType] + ["null"])
+    if origin is tuple and args[1:] == (Ellipsis,):
+        one_string = " (or one string)" if args[0] is str else ""
+        return f"a list, each {_describe(args[0])}{one_string}"
+    if origin is tuple:
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
+    return _SCALAR_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -194,23 +307,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw, f"the value of override {item!r}")
     return data
 
 
-def config_from_dict(data: dict[str, Any], where: str = "recipe") -> TrainConfig:
-    return _build(TrainConfig, data, where)
+def parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` whose syntax errors name ``source`` and the line, without a traceback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{source} is not valid YAML{line}: {problem}") from error
+
+
+def config_from_dict(data: Any, where: str = "recipe") -> TrainConfig:
+    """Build a :class:`TrainConfig`, checking every key and value type; errors name ``where``."""
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{where} must be a mapping of key: value lines, got {type(data).__name__}"
+        )
+    try:
+        return _build(TrainConfig, data)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (one stage) and apply CLI overrides; paths are relative to the cwd."""
+    """Read a YAML recipe (one stage) and apply CLI overrides; paths are relative to the cwd.
+
+    Every value is checked against its field's type, whether it comes from the file or an
+    override. A key that takes a list of strings (``data.triplets``, ``data.labelled``,
+    ``freeze``, ``mllm.lora_targets``) also takes one string, as a list of one.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text(), f"recipe {path}")
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping, got {type(data).__name__}")
-    return config_from_dict(apply_overrides(data, overrides or []), where=str(path))
+    return config_from_dict(apply_overrides(data, overrides or []), where=f"recipe {path}")
