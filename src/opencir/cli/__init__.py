@@ -31,6 +31,11 @@ COMMAND_MODULES = (
 )
 
 
+# Third-party loggers whose INFO lines only matter when debugging (FAISS reports every
+# SIMD build it tries before the one that loads): WARNING and up unless --verbose.
+QUIET_LOGGERS = ("faiss.loader",)
+
+
 class UsageError(ValueError):
     """A command-line input is wrong; printed without a traceback, exit status 2."""
 
@@ -54,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     handler: Handler = args.handler
     try:
         return handler(args)

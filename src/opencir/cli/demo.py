@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from opencir.demo import run_demo
 
+    transformers_logging.disable_progress_bar()  # a one-second weight load needs no bar here
     serve = args.serve if args.serve is not None else os.environ.get("DEMO_SERVE", "1") != "0"
     return run_demo(serve=serve, workdir=args.workdir)

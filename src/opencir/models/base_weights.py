@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModel
+
+from opencir.models.errors import CheckpointError
+from opencir.models.loading import resolve_source
 
 TEXT_PART = "tower.hf.text_model."
 
@@ -28,13 +33,25 @@ def _text_key(name: str) -> str | None:
 
 def load_text_source(source: str) -> dict[str, torch.Tensor]:
     """The state dict of the pretrained text encoder ``source`` (hub id or directory)."""
-    from transformers import AutoModel
-
-    from opencir.models.loading import resolve_source
-
     location, _ = resolve_source(source)
-    model = AutoModel.from_pretrained(location, local_files_only=True, add_pooling_layer=False)
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # Built with a pooler exactly when the file has one: transformers then has no unexpected
+    # or missing keys to report. The text tower never uses the pooler, so it is dropped.
+    pooler = _has_pooler(location)
+    model = AutoModel.from_pretrained(location, local_files_only=True, add_pooling_layer=pooler)
+    state = model.state_dict()
+    return {k: v.detach().contiguous() for k, v in state.items() if not k.startswith("pooler.")}
+
+
+def _has_pooler(location: str) -> bool:
+    """Whether the weights file in directory ``location`` holds BERT pooler tensors."""
+    from safetensors import safe_open
+
+    path = Path(location) / "model.safetensors"
+    if not path.is_file():
+        return False
+    with safe_open(path, "pt") as weights:
+        names = weights.keys()  # a safetensors file handle is not iterable
+        return any(name.startswith("pooler.") for name in names)
 
 
 def _digest(tensors: Mapping[str, torch.Tensor], names: list[str]) -> str:
@@ -66,8 +83,6 @@ def split_external(
 
 def restore_external(tensors: dict[str, torch.Tensor], record: Mapping[str, Any]) -> None:
     """Refill omitted tensors from their source in place; refuse a source that changed."""
-    from opencir.models.checkpoint import CheckpointError
-
     base = load_text_source(record["source"])
     names = list(record["tensors"])
     missing = [n for n in names if _text_key(n) not in base]
