@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--recipe", required=True, help="YAML recipe file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
     parser.add_argument(
-        "--resume", metavar="latest|step-N|DIR", help="continue from a checkpoint of out_dir"
+        "--resume",
+        metavar="latest|step-N|DIR",
+        help="continue from a checkpoint of out_dir (latest: the newest usable one; a damaged "
+        "newest checkpoint is skipped with a warning)",
     )
     parser.add_argument("--stop-at", type=int, help="stop after this step (train in chunks)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

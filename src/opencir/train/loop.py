@@ -25,8 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from opencir.train.checkpointing import (
-    find_checkpoint,
-    load_training_checkpoint,
+    resume_training_checkpoint,
     rng_state,
     save_training_checkpoint,
     set_rng_state,
@@ -210,8 +209,9 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
     def _resume(self, which: str) -> None:
-        path = find_checkpoint(self.out_dir / "checkpoints", which)
-        state = load_training_checkpoint(path, self.model)
+        path, state = resume_training_checkpoint(
+            self.out_dir / "checkpoints", which, self.model, self.config.to_dict()
+        )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"][min(self.ctx.rank, len(state["rng"]) - 1)])
