@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import Any
 
 import yaml
 
@@ -19,10 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         help="checkpoint directory or Hugging Face repo OWNER/REPO, registry NAME, "
-        "NAME@HF_DIR, or cirevl:CONFIG.json "
-        "(the training-free CIReVL-style baseline)",
+        "NAME@HF_DIR, cirevl:CONFIG.json "
+        "(the training-free CIReVL-style baseline), or MODULE:FACTORY (a model from outside "
+        "OpenCIR: FACTORY() returns an object with encode_query/encode_target; MODULE is "
+        "imported from the current directory or PYTHONPATH)",
     )
-    parser.add_argument("--pretrained", help="backbone weights for a registry name (hub id/dir)")
+    parser.add_argument(
+        "--pretrained",
+        help="backbone weights for a registry NAME: hub id, HF directory or OpenCIR checkpoint "
+        "(its backbone, tokenizer and preprocessing); for MODULE:FACTORY, passed to FACTORY",
+    )
     parser.add_argument("--benchmark", required=True, choices=list_benchmarks())
     parser.add_argument("--data-root", required=True, help="dataset root in its official layout")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
@@ -55,9 +64,35 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
+def load_eval_model(args: argparse.Namespace) -> Any:
+    """The model ``--model`` names, on the ``--backend`` asked for."""
+    from opencir.models import CIRModel, load_model
+    from opencir.models.external import is_factory_spec, load_factory_model
+
+    if args.model.startswith("cirevl:"):
+        from opencir.generate.cirevl import load_cirevl
+
+        return load_cirevl(args.model.removeprefix("cirevl:"))
+    if is_factory_spec(args.model):
+        if os.getcwd() not in sys.path:  # as `python -m` does: modules here are importable
+            sys.path.insert(0, os.getcwd())
+        model = load_factory_model(args.model, args.pretrained)
+    else:
+        model = load_model(args.model, pretrained=args.pretrained)
+    if args.backend == "torch":
+        return model
+    if not isinstance(model, CIRModel):
+        raise ValueError(
+            f"--backend {args.backend} exports an OpenCIR model; {args.model!r} gave a "
+            f"{type(model).__name__} (use --backend torch)"
+        )
+    from opencir.models.onnx_export import with_backend
+
+    return with_backend(model, args.backend)
+
+
 def run(args: argparse.Namespace) -> int:
     from opencir.eval.run import EvalRequest, run_evaluation
-    from opencir.models import load_model
 
     request = EvalRequest(
         benchmark=args.benchmark,
@@ -71,17 +106,7 @@ def run(args: argparse.Namespace) -> int:
         report_dir=args.report,
         progress=not args.no_progress,
     )
-    if args.model.startswith("cirevl:"):
-        from opencir.generate.cirevl import load_cirevl
-
-        model = load_cirevl(args.model.removeprefix("cirevl:"))
-    else:
-        model = load_model(args.model, pretrained=args.pretrained)
-        if args.backend != "torch":
-            from opencir.models.onnx_export import with_backend
-
-            model = with_backend(model, args.backend)
-    result, written = run_evaluation(model, request)
+    result, written = run_evaluation(load_eval_model(args), request)
     print(result.format_table())
     for path in written:
         print(f"wrote {path}")

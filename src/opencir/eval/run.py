@@ -34,18 +34,27 @@ class EvalRequest:
     report_dir: str | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.submission_dir is not None:
+            check_submission_benchmark(self.benchmark)
+
+
+def check_submission_benchmark(benchmark: str) -> None:
+    """Refuse a submission for a benchmark without a test server, before any work is done."""
+    if benchmark.lower() not in SUBMISSION_BENCHMARKS:
+        raise ValueError(
+            f"--submission: benchmark {benchmark!r} has no test server; "
+            f"submission files exist for {SUBMISSION_BENCHMARKS}"
+        )
+
 
 def write_submission(result: EvalResult, split: BenchmarkSplit, out_dir: Path) -> list[Path]:
     """Test-server files for CIRR (two JSON files) or CIRCO (one)."""
+    check_submission_benchmark(split.benchmark)
     if split.benchmark == "cirr":
         subset = result.subset_rankings or None
         return list(write_cirr_submission(result.rankings, split, out_dir, subset_rankings=subset))
-    if split.benchmark == "circo":
-        return [write_circo_submission(result.rankings, split, out_dir / "circo_submission.json")]
-    raise ValueError(
-        f"--submission: benchmark {split.benchmark!r} has no test server; "
-        f"submission files exist for {SUBMISSION_BENCHMARKS}"
-    )
+    return [write_circo_submission(result.rankings, split, out_dir / "circo_submission.json")]
 
 
 def write_report(result: EvalResult, split: BenchmarkSplit, out_dir: Path) -> list[Path]:
