@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opencir.train import TrainConfig, load_recipe
+from opencir.train import DataConfig, TrainConfig, load_recipe
 from opencir.train.config import config_from_dict
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").rglob("*.yaml"))
@@ -83,7 +83,7 @@ def test_one_path_where_a_list_is_expected_is_a_list_of_one(recipe: Path) -> Non
 
 def test_an_empty_section_means_its_defaults(recipe: Path) -> None:
     recipe.write_text(BASE + "data:\n  # triplets come from the command line\n")
-    assert load_recipe(recipe).data == TrainConfig(stage="cir", model="m", out_dir="x").data
+    assert load_recipe(recipe).data == DataConfig()
 
 
 def test_missing_required_keys_are_named(tmp_path: Path) -> None:
