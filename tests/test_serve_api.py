@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -17,10 +21,12 @@ import pytest
 from PIL import Image
 
 import opencir
+from opencir.cli import main as cli_main
 from opencir.data.images import load_image
 from opencir.index import GalleryIndex
-from opencir.serve import ServeConfig, create_app, start_in_thread
-from tests.test_serve_support import build_tiny_index
+from opencir.index.manifest import IndexFormatError
+from opencir.serve import ServeConfig, create_app, runner, start_in_thread
+from tests.test_serve_support import build_tiny_index, serving, shape_image
 
 LIMIT = 256 * 1024  # small request-body cap so the 413 tests send little data
 
@@ -50,11 +56,24 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 
 def assert_error(response: httpx.Response, status: int, code: str, field: str | None) -> dict:
+    """An RFC 9457 problem with our members, and the security headers every answer has."""
     assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert (body["status"], body["code"], body["field"]) == (status, code, field), body
     assert body["detail"] and body["request_id"] == response.headers["x-request-id"]
+    assert body["type"] == f"urn:opencir:problem:{code}"
+    assert body["title"] == HTTPStatus(status).phrase
+    assert_security_headers(response)
     return body
+
+
+def assert_security_headers(response: httpx.Response) -> None:
+    headers = response.headers
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
 
 
 # ------------------------------------------------------------------ correct results
@@ -266,6 +285,201 @@ def test_gallery_file_gone_is_404(setup: dict) -> None:
         assert_error(other.get("/images/0"), 404, "image_file_missing", "id")
         response = other.post("/search", data={"id": 0, "text": "x"})
         assert response.status_code == 404 and response.json()["code"] == "image_file_missing"
+
+
+def test_gallery_files_are_checked_before_they_are_served(tmp_path: Path) -> None:
+    index, _, paths = build_tiny_index(tmp_path / "swapped", n=4)
+    gallery = GalleryIndex.open(index)
+    ids = [gallery.find(path.relative_to(tmp_path / "swapped" / "gallery").as_posix()).id
+           for path in paths]  # fmt: skip
+    gallery.close()
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elsewhere = tmp_path / "elsewhere.png"
+    shape_image((0, 0, 0), "circle").save(elsewhere)
+    paths[0].unlink()
+    paths[0].symlink_to(secret)  # a private file behind a gallery name
+    paths[1].unlink()
+    paths[1].symlink_to(elsewhere)  # even a real image is not served through a link
+    paths[2].write_bytes(secret.read_bytes())  # not an image, named .png
+    paths[3].write_bytes(png_bytes(load_image(elsewhere), "JPEG"))  # a JPEG named .png
+    with serving(create_app(ServeConfig(index=str(index)))) as other:
+        for item_id in ids[:3]:
+            for params in ({}, {"size": 64}):  # the image and its thumbnail: one check
+                response = other.get(f"/images/{item_id}", params=params)
+                assert_error(response, 404, "image_unreadable", "id")
+                assert "root:" not in response.text
+        misnamed = other.get(f"/images/{ids[3]}")
+        assert misnamed.headers["content-type"] == "image/jpeg", "the type comes from the bytes"
+        assert misnamed.content == paths[3].read_bytes()
+        assert_security_headers(misnamed)
+
+
+def test_every_answer_carries_the_security_headers(client: httpx.Client) -> None:
+    for path in ("/", "/static/app.js", "/healthz", "/images/1", "/images/1?size=32", "/docs"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert_security_headers(response)
+    page_policy = client.get("/").headers["content-security-policy"]
+    assert "default-src 'self'" in page_policy and "script-src" not in page_policy
+
+
+def test_gallery_offset_and_limit_are_bounded(client: httpx.Client) -> None:
+    body = assert_error(client.get("/gallery", params={"offset": 2**63}), 422, "invalid_field",
+                        "offset")  # fmt: skip
+    assert str(2**63 - 1) in body["detail"]
+    last = client.get("/gallery", params={"offset": 2**63 - 1})
+    assert last.status_code == 200 and last.json()["items"] == []
+    assert_error(client.get("/gallery", params={"limit": 201}), 422, "invalid_field", "limit")
+
+
+def test_a_huge_text_is_refused_by_the_schema(setup: dict) -> None:
+    app = create_app(ServeConfig(index=str(setup["index"])))  # the default 10 MiB body cap
+    with serving(app) as other:
+        schema = other.get("/openapi.json").json()["components"]["schemas"]
+        form = next(v for k, v in schema.items() if k.startswith("Body_search"))
+        assert form["properties"]["text"]["anyOf"][0]["maxLength"] == 1000
+        word = "x" * 5_000_000
+        for request in ({"data": {"id": 1, "text": word}},
+                        {"data": {"id": "1"}, "files": {"text": (None, word)}}):  # fmt: skip
+            response = other.post("/search", **request)
+            body = assert_error(response, 422, "text_too_long", "text")
+            assert "5000000 characters, the limit is 500" in body["detail"]
+
+
+# ------------------------------------------------------------------ HTTP semantics
+
+
+def test_head_is_answered_on_every_get_route(client: httpx.Client) -> None:
+    paths = ("/", "/healthz", "/readyz", "/info", "/gallery?limit=2", "/images/1",
+             "/images/1?size=32", "/static/app.js", "/openapi.json")  # fmt: skip
+    for path in paths:
+        get, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        for name in ("content-type", "content-length", "x-content-type-options"):
+            assert head.headers[name] == get.headers[name], (path, name)
+    post_only = client.head("/search")
+    assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
+    assert post_only.content == b""
+
+
+def test_a_body_that_is_not_a_form_is_415(client: httpx.Client) -> None:
+    for content, media_type in ((b'{"text": "x", "id": 1}', "application/json"),
+                                (b"text=x&id=1", "text/plain")):  # fmt: skip
+        response = client.post("/search", content=content, headers={"content-type": media_type})
+        body = assert_error(response, 415, "unsupported_media_type", None)
+        assert media_type in body["detail"] and "multipart/form-data" in body["detail"]
+
+
+class _BrokenIndex:
+    """Answers its size, then fails as a bug would."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def page(self, offset: int, limit: int) -> list:
+        raise RuntimeError("a bug in the gallery page")
+
+
+def test_an_unexpected_error_is_a_500_problem(caplog: pytest.LogCaptureFixture) -> None:
+    searcher = SimpleNamespace(index=_BrokenIndex(), close=lambda: None)
+    with serving(create_app(ServeConfig(), searcher)) as other:
+        response = other.get("/gallery")
+        body = assert_error(response, 500, "internal_error", None)
+    assert "bug" not in body["detail"], "internals stay in the log"
+    assert "a bug in the gallery page" in caplog.text and body["request_id"] in caplog.text
+
+
+# ------------------------------------------------------------------ Host allow-list
+
+
+def test_a_foreign_host_is_refused(client: httpx.Client) -> None:
+    port = client.base_url.port
+    for host in ("evil.example", f"evil.example:{port}", f"localhost:{port + 1}"):
+        response = client.get("/info", headers={"host": host})
+        body = assert_error(response, 421, "host_not_allowed", None)
+        assert host in body["detail"] and "--allowed-host" in body["detail"]
+    assert_error(client.get("/info", headers={"host": "[::1"}), 400, "invalid_host", None)
+    for host in (f"127.0.0.1:{port}", f"LOCALHOST:{port}", f"[::1]:{port}", "localhost"):
+        assert client.get("/info", headers={"host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_are_configurable() -> None:
+    config = ServeConfig(allowed_hosts=("search.example", "pinned.example:9"))
+    with start_in_thread(create_app(config)) as server, httpx.Client(base_url=server.url) as c:
+        for host in ("search.example", "search.example:1234", "pinned.example:9"):
+            assert c.get("/healthz", headers={"host": host}).status_code == 200, host
+        response = c.get("/healthz", headers={"host": "pinned.example:10"})
+        assert_error(response, 421, "host_not_allowed", None)
+    with start_in_thread(create_app(ServeConfig(allowed_hosts=("*",)))) as server:
+        assert httpx.get(f"{server.url}/healthz", headers={"host": "any.example"}).is_success
+    with pytest.raises(ValueError, match="in brackets"):
+        ServeConfig(allowed_hosts=("fe80::1",))
+
+
+# ------------------------------------------------------------------ damaged or missing index
+
+
+@pytest.fixture
+def damaged_index(setup: dict, tmp_path: Path) -> Path:
+    """A copy of the index whose items.sqlite lost a row: same size, so it passes size checks."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(setup["index"], damaged)
+    with sqlite3.connect(damaged / "items.sqlite") as db:
+        db.execute("DELETE FROM items WHERE id = 3")
+    db.close()
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    assert (damaged / "items.sqlite").stat().st_size == manifest["files"]["items.sqlite"]["bytes"]
+    return damaged
+
+
+def test_a_damaged_item_table_fails_the_open(damaged_index: Path) -> None:
+    with pytest.raises(IndexFormatError, match=r"items\.sqlite holds 14 items, the manifest says"):
+        GalleryIndex.open(damaged_index)
+    table = damaged_index / "items.sqlite"
+    table.write_bytes(bytes(range(256)) * (table.stat().st_size // 256))  # garbage, same size
+    with pytest.raises(IndexFormatError, match=r"items\.sqlite is not a readable SQLite"):
+        GalleryIndex.open(damaged_index)
+
+
+def test_a_damaged_page_fails_the_integrity_check(setup: dict, tmp_path: Path) -> None:
+    shutil.copytree(setup["index"], tmp_path / "index")
+    table = tmp_path / "index" / "items.sqlite"
+    data = bytearray(table.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page + 8 : 2 * page] = bytes(range(256)) * ((page - 8) // 256) + bytes((page - 8) % 256)
+    table.write_bytes(bytes(data))  # the header is intact, the items table's page is not
+    with pytest.raises(IndexFormatError, match=r"is damaged: items\.sqlite"):
+        GalleryIndex.open(tmp_path / "index")
+
+
+def test_readyz_is_not_ready_for_a_damaged_index(damaged_index: Path) -> None:
+    app = create_app(ServeConfig(index=str(damaged_index)))
+    with start_in_thread(app) as server, httpx.Client(base_url=server.url) as c:
+        deadline = time.monotonic() + 30
+        while "loading" in c.get("/readyz").json()["detail"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        body = assert_error(c.get("/readyz"), 503, "index_not_loaded", None)
+        assert "is damaged: items.sqlite" in body["detail"]
+
+
+def test_serve_exits_with_the_reason_when_the_index_cannot_be_opened(
+    setup: dict, damaged_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    served: list = []
+    monkeypatch.setattr(runner, "serve_socket", lambda app, sock: served.append(app))
+    common = ["--port", "0"]
+    assert cli_main(["serve", "--index", str(tmp_path / "missing"), *common]) == 2
+    assert cli_main(["serve", "--index", str(damaged_index), *common]) == 2
+    assert not served
+    assert "does not exist" in caplog.text and "is damaged: items.sqlite" in caplog.text
+    hosts = ["--allowed-host", "a.example", "--allowed-host", "b.example:80"]
+    assert cli_main(["serve", "--index", str(setup["index"]), *common, *hosts]) == 0
+    engine = served[0].state.engine
+    assert engine.status() == (True, "15 images"), "loaded before serving"
+    assert engine.config.allowed_hosts == ("a.example", "b.example:80")
+    engine.close()
 
 
 # ------------------------------------------------------------------ not ready

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -91,3 +95,16 @@ def solid_images(folder: Path, n: int) -> list[Path]:
         Image.new("RGB", (8, 8), (i % 256, (i // 256) % 256, 7)).save(path)
         paths.append(path)
     return paths
+
+
+@contextmanager
+def serving(app: Any, timeout: float = 30.0) -> Iterator[httpx.Client]:
+    """A real server on loopback for ``app`` and a client to it, once ``/readyz`` says ready."""
+    from opencir.serve import start_in_thread
+
+    with start_in_thread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        deadline = time.monotonic() + timeout
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.05)
+        yield client

@@ -65,6 +65,10 @@ def page(browser_context: object, server: str) -> Iterator[object]:
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+    page.on(  # the page's Content-Security-Policy must not block anything it does
+        "console",
+        lambda message: "Content Security Policy" in message.text and errors.append(message.text),
+    )
     page.goto(f"{server}/")
     yield page
     page.close()
@@ -128,6 +132,8 @@ def test_upload_and_errors_are_shown(page: object, tmp_path: Path) -> None:
     shape_image((200, 30, 30), "circle", 80).save(picture)
     page.set_input_files("#upload", str(picture))
     expect(page.locator("#reference-name")).to_contain_text("Uploaded mine.png")
+    preview = page.locator("#reference-img")  # a blob: URL, allowed by the page's policy
+    expect(preview).to_have_js_property("naturalWidth", 80)
     page.locator("#search-button").click()
     expect(page.locator("#message")).to_contain_text("Describe what should change")
     page.fill("#text", "make it green")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+log = logging.getLogger(__name__)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="serve the search API and web page for an index")
@@ -15,11 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="request body limit")
     parser.add_argument("--max-k", type=int, default=100, help="largest k a client may ask for")
     parser.add_argument("--verify", action="store_true", help="check file checksums at startup")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also answer requests whose Host header is HOST (NAME = any port, NAME:PORT, "
+        "or * behind a proxy that checks it); repeatable. Always answered: the --host, "
+        "localhost, 127.0.0.1 and [::1] on the port served",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from opencir.serve import ServeConfig, create_app, serve_forever
+    """Bind, open the index and model (exit 2 with the reason if either fails), then serve."""
+    from opencir.serve import ServeConfig, create_app
+    from opencir.serve.app import open_searcher
+    from opencir.serve.runner import bind, serve_socket
 
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     config = ServeConfig(
@@ -31,6 +45,14 @@ def run(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         default_k=min(12, args.max_k),
         verify=args.verify,
+        allowed_hosts=tuple(args.allowed_host),
     )
-    serve_forever(create_app(config), args.host, args.port)
+    sock = bind(args.host, args.port)  # a taken port fails before the slow load
+    try:
+        log.info("loading index %s and its model", args.index)
+        searcher = open_searcher(config)
+    except BaseException:
+        sock.close()
+        raise
+    serve_socket(create_app(config, searcher), sock)
     return 0

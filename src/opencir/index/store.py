@@ -19,6 +19,7 @@ from opencir.index.manifest import (
     ITEMS_FILE,
     VECTORS_FILE,
     GalleryIndexError,
+    IndexFormatError,
     Manifest,
     check_files,
     check_model,
@@ -31,6 +32,7 @@ SCHEMA = (
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
     "path TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}')"
 )
+ITEM_COLUMNS = ["id", "name", "path", "metadata"]
 
 
 class UnknownItemError(GalleryIndexError, KeyError):
@@ -95,6 +97,26 @@ class ItemTable:
     def page(self, offset: int, limit: int) -> list[Item]:
         sql = "SELECT id, name, path, metadata FROM items ORDER BY id LIMIT ? OFFSET ?"
         return [_item(row) for row in self._query(sql, (limit, offset))]
+
+    def damage(self, count: int) -> str | None:
+        """What is wrong with this file as an items table of ``count`` rows (None: nothing).
+
+        SQLite's ``quick_check`` reads every page once (structure, records, NOT NULL), so
+        a file of the right size but damaged contents is caught here, not by a later query.
+        """
+        try:
+            checked = [row[0] for row in self._query("PRAGMA quick_check")]
+            columns = [row[1] for row in self._query("PRAGMA table_info(items)")]
+            rows = self._query("SELECT count(*) FROM items")[0][0] if columns else 0
+        except sqlite3.DatabaseError as error:
+            return f"is not a readable SQLite database ({error})"
+        if checked != ["ok"]:
+            return f"fails SQLite's integrity check: {'; '.join(checked[:3])}"
+        if columns != ITEM_COLUMNS:
+            return f"has no table items({', '.join(ITEM_COLUMNS)})"
+        if rows != count:
+            return f"holds {rows} items, the manifest says {count}"
+        return None
 
     def close(self) -> None:
         with self._lock:
@@ -174,6 +196,7 @@ class GalleryIndex:
         apply_search_params(
             vectors, manifest.search_params if search_params is None else search_params
         )
+        items = _open_items(folder, manifest.count)
         log.info(
             "opened index %s: %d images, dim %d, %s",
             folder,
@@ -181,7 +204,7 @@ class GalleryIndex:
             manifest.dim,
             manifest.factory,
         )
-        return cls(folder, manifest, vectors, ItemTable(folder / ITEMS_FILE))
+        return cls(folder, manifest, vectors, items)
 
     def __len__(self) -> int:
         return self.manifest.count
@@ -242,6 +265,19 @@ class GalleryIndex:
 
     def close(self) -> None:
         self.items.close()
+
+
+def _open_items(folder: Path, count: int) -> ItemTable:
+    """The item table of ``folder``, checked to hold ``count`` intact rows."""
+    try:
+        items = ItemTable(folder / ITEMS_FILE)
+    except sqlite3.Error as error:
+        raise IndexFormatError(f"index {folder}: cannot open {ITEMS_FILE}: {error}") from error
+    damage = items.damage(count)
+    if damage:
+        items.close()
+        raise IndexFormatError(f"index {folder} is damaged: {ITEMS_FILE} {damage}")
+    return items
 
 
 def _exact_search(folder: Path, manifest: Manifest, vectors: Any) -> ExactSearch | None:

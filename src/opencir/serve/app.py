@@ -2,7 +2,8 @@
 
 Nothing heavy happens at import or in :func:`create_app`: the index and model load in a
 background thread once the server starts, ``/readyz`` says when they are ready, and search
-answers 503 until then (or for good, with the reason, if loading failed).
+answers 503 until then (or for good, with the reason, if loading failed). ``opencir serve``
+instead opens them with :func:`open_searcher` before it serves, so a bad index stops it.
 """
 
 import logging
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -25,15 +26,22 @@ from opencir.index.search import QueryLimits, Searcher, SearchResult, check_k, c
 from opencir.index.store import Item
 from opencir.serve import schemas
 from opencir.serve.batching import DEFAULT_MAX_BATCH, PreparedQuery, QueryBatcher
-from opencir.serve.errors import ApiError, install_error_handlers
-from opencir.serve.images import WEB_FORMATS, Thumbnails, decode_upload, render_png
+from opencir.serve.errors import PROBLEM_MEDIA_TYPE, ApiError, install_error_handlers
+from opencir.serve.hosts import AllowedHosts
+from opencir.serve.images import Thumbnails, decode_upload, gallery_image
 from opencir.serve.middleware import RequestMiddleware
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1  # SQLite's largest integer: ids and offsets beyond it are refused
 THUMBNAIL_SIZE = 256
+FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# The page's own policy: its scripts, styles and images only (blob: is an upload's preview).
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class ServeConfig:
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
     verify: bool = False
     max_batch: int = DEFAULT_MAX_BATCH  # queries encoded together when requests overlap
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the defaults (hosts.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
@@ -60,10 +69,20 @@ class ServeConfig:
             raise ValueError(f"max_upload_bytes must be at least 1024, got {self.max_upload_bytes}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        AllowedHosts.build(self.host, self.allowed_hosts)  # a malformed entry fails here
 
     @property
     def limits(self) -> QueryLimits:
         return QueryLimits(max_k=self.max_k, max_text_chars=self.max_text_chars)
+
+    @property
+    def max_text_field_chars(self) -> int:
+        """The raw ``text`` field's cap: room for whitespace that normalising removes."""
+        return 2 * self.max_text_chars
+
+    @property
+    def hosts(self) -> AllowedHosts:
+        return AllowedHosts.build(self.host, self.allowed_hosts)
 
 
 class Engine:
@@ -83,14 +102,7 @@ class Engine:
 
     def _load(self) -> None:
         try:
-            self.searcher = Searcher.open(
-                self.config.index,
-                self.config.model,
-                limits=self.config.limits,
-                verify=self.config.verify,
-            )
-            self.searcher.encode(_probe_image(), "warm up")  # first call pays lazy init
-            log.info("ready: %d images from %s", len(self.searcher.index), self.config.index)
+            self.searcher = open_searcher(self.config)
         except Exception as error:  # reported by /readyz and 503s, not a crash
             log.exception("could not load index %s", self.config.index)
             self.error = f"index failed to load: {error}"
@@ -119,8 +131,24 @@ class Engine:
             self.searcher.close()
 
 
+def open_searcher(config: ServeConfig) -> Searcher:
+    """Open ``config.index`` with its model and warm it up (raises if either cannot load)."""
+    if not config.index:
+        raise ValueError("no index configured")
+    searcher = Searcher.open(config.index, config.model, limits=config.limits, verify=config.verify)
+    searcher.encode(_probe_image(), "warm up")  # first call pays lazy init
+    log.info("ready: %d images from %s", len(searcher.index), config.index)
+    return searcher
+
+
 def _probe_image() -> Image.Image:
     return Image.new("RGB", (32, 32), (128, 128, 128))
+
+
+def _problem_responses() -> dict[int | str, dict]:
+    """OpenAPI: every error status answers ``application/problem+json``."""
+    content = {PROBLEM_MEDIA_TYPE: {"schema": schemas.Problem.model_json_schema()}}
+    return {code: {"content": content} for code in (400, 404, 413, 415, 421, 422, 500, 503)}
 
 
 def create_app(config: ServeConfig = ServeConfig(), searcher: Searcher | None = None) -> FastAPI:
@@ -141,11 +169,13 @@ def create_app(config: ServeConfig = ServeConfig(), searcher: Searcher | None = 
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        responses={code: {"model": schemas.ErrorBody} for code in (404, 413, 415, 422, 503)},
+        responses=_problem_responses(),
+        # Text fields up to the body cap reach the schema, which refuses a long text with 422.
+        form_limits={"max_part_size": config.max_upload_bytes},
     )
     app.state.engine = engine
-    app.add_middleware(RequestMiddleware, max_body=config.max_upload_bytes)
-    install_error_handlers(app, config.max_k)
+    app.add_middleware(RequestMiddleware, max_body=config.max_upload_bytes, hosts=config.hosts)
+    install_error_handlers(app, config.limits)
     _add_health_routes(app, engine)
     _add_gallery_routes(app, engine, config)
     _add_search_route(app, engine, config)
@@ -154,8 +184,9 @@ def create_app(config: ServeConfig = ServeConfig(), searcher: Searcher | None = 
 
 
 _API_DESCRIPTION = """Search a gallery with a **reference image** (uploaded, or a gallery id)
-and a **text** saying what to change. Errors share one JSON envelope
-(`status`, `code`, `detail`, `field`, `request_id`).
+and a **text** saying what to change. Every error is an RFC 9457 problem
+(`application/problem+json`: `type`, `title`, `status`, `detail`, plus `code`, `field`,
+`request_id`). Only requests whose `Host` header names this server are answered (421 otherwise).
 
 Text policy: whitespace is normalised; an empty text or one over {chars} characters is
 refused with 422 (never silently cut); a text over the model's token window is truncated
@@ -165,12 +196,21 @@ to the window and the response says `text_truncated: true`."""
 def create_app_from_env() -> FastAPI:
     """For ``uvicorn --factory opencir.serve.app:create_app_from_env`` (several workers).
 
-    Reads ``OPENCIR_INDEX`` (required) and ``OPENCIR_MODEL`` (optional).
+    Reads ``OPENCIR_INDEX`` (required), ``OPENCIR_MODEL`` (optional) and
+    ``OPENCIR_ALLOWED_HOSTS`` (optional, comma-separated ``--allowed-host`` entries).
     """
     import os
 
+    index = os.environ.get("OPENCIR_INDEX")
+    if not index:
+        raise ValueError("set OPENCIR_INDEX to the index folder to serve")
+    hosts = os.environ.get("OPENCIR_ALLOWED_HOSTS", "").split(",")
     return create_app(
-        ServeConfig(index=os.environ.get("OPENCIR_INDEX"), model=os.environ.get("OPENCIR_MODEL"))
+        ServeConfig(
+            index=index,
+            model=os.environ.get("OPENCIR_MODEL"),
+            allowed_hosts=tuple(host.strip() for host in hosts if host.strip()),
+        )
     )
 
 
@@ -227,7 +267,7 @@ def _add_gallery_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> No
 
     @app.get("/gallery", response_model=schemas.GalleryPage, tags=["gallery"])
     def gallery(
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = 48,
     ) -> schemas.GalleryPage:
         """A page of gallery items in id order (to pick a reference from)."""
@@ -248,17 +288,40 @@ def _add_gallery_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> No
         if size is not None:
             data = thumbnails.get(item.path, size)
             return Response(data, media_type="image/jpeg", headers=headers)
-        media = WEB_FORMATS.get(item.path.suffix.lower())
-        if media and item.path.is_file():
-            return FileResponse(item.path, media_type=media, headers=headers)
-        return Response(render_png(item.path), media_type="image/png", headers=headers)
+        data, media_type = gallery_image(item.path)
+        return Response(data, media_type=media_type, headers=headers)
+
+
+def require_form(request: Request) -> None:
+    """415 for a body that is not a form (a JSON body, say): the fields would read as missing."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.partition(";")[0].strip().lower()
+    has_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    if media_type in FORM_MEDIA_TYPES or not (media_type or has_body):
+        return
+    detail = (
+        f"{request.method} {request.url.path} takes multipart/form-data "
+        f"(or application/x-www-form-urlencoded), not {content_type or 'an untyped body'}"
+    )
+    raise ApiError(415, "unsupported_media_type", detail)
 
 
 def _add_search_route(app: FastAPI, engine: Engine, config: ServeConfig) -> None:
-    @app.post("/search", response_model=schemas.SearchResponse, tags=["search"])
+    text_help = "what to change in the reference"
+
+    @app.post(
+        "/search",
+        response_model=schemas.SearchResponse,
+        tags=["search"],
+        dependencies=[Depends(require_form)],
+    )
     async def search(
         request: Request,
-        text: Annotated[str | None, Form(description="what to change in the reference")] = None,
+        text: Annotated[
+            str | None, Form(description=text_help, max_length=config.max_text_field_chars)
+        ] = None,
         k: Annotated[int, Form(ge=1, le=config.max_k, description="number of results")] = (
             config.default_k
         ),
@@ -343,7 +406,8 @@ def _add_page_routes(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP}
+        return FileResponse(STATIC_DIR / "index.html", headers=headers)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

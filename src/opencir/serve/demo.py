@@ -151,7 +151,8 @@ def _serve(searcher: Searcher, host: str, port: int, echo: Callable[[str], None]
         log.warning("%s; using a free port instead", error)
         sock = bind(host, 0)
     echo(f"search page: {url_of(sock)}/  (API docs at {url_of(sock)}/docs; Ctrl-C to stop)")
-    serve_socket(create_app(ServeConfig(index=str(searcher.index.folder)), searcher), sock)
+    config = ServeConfig(index=str(searcher.index.folder), host=host)  # host: allowed Host
+    serve_socket(create_app(config, searcher), sock)
 
 
 def run_world_search_demo(

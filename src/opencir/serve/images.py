@@ -1,10 +1,13 @@
-"""Uploaded images in (allow-listed formats, pixel cap) and gallery images out (thumbnails)."""
+"""Uploaded images in (allowed formats, pixel cap); gallery images out (checked, thumbnails)."""
 
 from __future__ import annotations
 
+import errno
 import io
-import logging
+import os
+import stat
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
 
@@ -13,10 +16,10 @@ from PIL import Image, UnidentifiedImageError
 from opencir.data.images import ImageLoadError, load_image
 from opencir.serve.errors import ApiError
 
-log = logging.getLogger(__name__)
-
-WEB_FORMATS = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
-               ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp"}  # fmt: skip
+# Pillow's format names → the media types browsers show (MPO: the JPEG of many cameras).
+WEB_MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
+                   "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}  # fmt: skip
+MAX_GALLERY_FILE_BYTES = 64 * 2**20
 
 
 def _sniff(data: bytes, allowed: tuple[str, ...], max_pixels: int) -> None:
@@ -79,26 +82,72 @@ class Thumbnails:
         return data
 
 
-def open_gallery_image(path: Path) -> Image.Image:
+@dataclass(frozen=True)
+class GalleryFile:
+    """A gallery file's bytes, read once and checked: a regular file holding a real image."""
+
+    data: bytes
+    format: str  # the container format Pillow found in the bytes (never the extension)
+
+    @property
+    def media_type(self) -> str | None:
+        """The type to serve the bytes as; None for formats browsers do not show."""
+        return WEB_MEDIA_TYPES.get(self.format)
+
+
+def read_gallery_file(path: Path) -> GalleryFile:
+    """The one check of a gallery file before any of its bytes are served (image or thumbnail).
+
+    Refused with :class:`ImageLoadError` (answered as 404): a symbolic link (a gallery file
+    swapped for a link to ``/etc/passwd`` must not be served), anything but a regular file, a
+    file over :data:`MAX_GALLERY_FILE_BYTES`, and bytes Pillow does not recognise as an image.
+    The bytes checked are the bytes served: they are read from the opened file itself.
+    """
+    data = _read_regular_file(path)
     try:
-        return load_image(path)
-    except ImageLoadError as error:
-        log.warning("gallery image unavailable: %s", error)
-        code = "image_file_missing" if error.reason == "missing" else "image_unreadable"
-        raise ApiError(
-            404, code, f"the gallery file for this id is unavailable ({error.reason})", "id"
-        ) from error
+        with Image.open(io.BytesIO(data)) as image:
+            return GalleryFile(data, image.format or "?")
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(str(path), "too_large", str(error)) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageLoadError(str(path), "not_an_image", "not a recognised image") from error
+
+
+def _read_regular_file(path: Path) -> bytes:
+    if path.is_symlink():
+        raise ImageLoadError(str(path), "symlink", "a symbolic link, not served")
+    try:  # no following a link swapped in since, no blocking on a FIFO
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except FileNotFoundError as error:
+        raise ImageLoadError(str(path), "missing", "no such file") from error
+    except OSError as error:
+        reason = "symlink" if error.errno == errno.ELOOP else "unreadable"
+        raise ImageLoadError(str(path), reason, error.strerror or str(error)) from error
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageLoadError(str(path), "not_a_regular_file", "not a regular file")
+        if info.st_size > MAX_GALLERY_FILE_BYTES:
+            detail = f"{info.st_size:,} bytes, over the limit of {MAX_GALLERY_FILE_BYTES:,}"
+            raise ImageLoadError(str(path), "too_large", detail)
+        return handle.read(MAX_GALLERY_FILE_BYTES + 1)
+
+
+def gallery_image(path: Path) -> tuple[bytes, str]:
+    """The checked bytes of a gallery image and their media type (PNG if browsers lack it)."""
+    file = read_gallery_file(path)
+    if file.media_type:
+        return file.data, file.media_type
+    return _encode(load_image(file.data, name=str(path)), "PNG"), "image/png"
 
 
 def render_thumbnail(path: Path, size: int) -> bytes:
-    image = open_gallery_image(path)
+    image = load_image(read_gallery_file(path).data, name=str(path))
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return _encode(image, "JPEG", quality=90)
 
 
-def render_png(path: Path) -> bytes:
+def _encode(image: Image.Image, fmt: str, **options: int) -> bytes:
     buffer = io.BytesIO()
-    open_gallery_image(path).save(buffer, "PNG")
+    image.save(buffer, fmt, **options)
     return buffer.getvalue()

@@ -7,12 +7,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
-class ErrorBody(BaseModel):
-    """The envelope of every error response."""
+class Problem(BaseModel):
+    """Every error response: RFC 9457 problem details (``application/problem+json``)."""
 
+    type: str = Field(description="`urn:opencir:problem:` + `code`: one URI per kind of problem")
+    title: str = Field(description="the HTTP status phrase, e.g. `Unprocessable Entity`")
     status: int = Field(description="HTTP status, repeated for clients that lose it")
+    detail: str = Field(description="what was wrong with this request, in words")
     code: str = Field(description="machine-readable reason, e.g. `k_out_of_range`")
-    detail: str = Field(description="what was wrong, in words")
     field: str | None = Field(None, description="the request field at fault, if any")
     request_id: str | None = Field(None, description="also in the `X-Request-ID` header")
 
