@@ -7,6 +7,7 @@ import json
 import pytest
 
 from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
+from opencir.eval.run import EvalRequest
 from opencir.eval.submission import (
     CIRCO_SIZE,
     CIRR_RECALL_SIZE,
@@ -121,3 +122,11 @@ def test_circo_rejects_bad_rankings(tmp_path):
     with pytest.raises(ValueError):
         write_circo_submission({}, split, target)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("benchmark", ["fashioniq", "genecis", "shapescir"])
+def test_a_request_for_a_submission_without_test_server_is_refused(benchmark):
+    with pytest.raises(ValueError, match=f"{benchmark!r} has no test server"):
+        EvalRequest(benchmark, "/data/unused", "test", submission_dir="sub")
+    assert EvalRequest(benchmark, "/data/unused", "test").submission_dir is None
+    assert EvalRequest("CIRCO", "/data/unused", "test", submission_dir="sub").submission_dir
