@@ -2,9 +2,9 @@
 
 Each body has the standard members ``type, title, status, detail`` and three of ours:
 ``code`` (machine-readable reason), ``field`` (the request field at fault) and
-``request_id``. Client mistakes get 4xx; only our own bugs are 500. The exception handlers
-below and the middleware's own answers (413, Host refusals, 500) all build their bodies with
-:func:`problem`, so the shape cannot drift between them.
+``request_id``. Client mistakes get 4xx; only our own bugs are 500. The exception handler
+below and the middleware's own answers (413, Host refusals, 500) all build their responses
+with :func:`problem_response`, so the format cannot drift between them.
 """
 
 from __future__ import annotations
