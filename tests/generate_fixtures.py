@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +86,34 @@ def make_shard(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path
+
+
+# A name that is not valid UTF-8, as a ``str`` path (the bytes decoded with surrogateescape).
+NON_UTF8_NAME = os.fsdecode(b"bad\xff.png")
+
+
+@contextmanager
+def fifo(path: Path) -> Iterator[Path]:
+    """A FIFO at ``path`` that cannot hang a test, whatever the code under test does.
+
+    A helper thread keeps opening and closing the write end, so a reader that opens it the
+    blocking way reads an empty file instead of waiting forever (the test then fails on the
+    result instead of hanging). On exit, non-blocking reader opens release the helper.
+    """
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            os.close(os.open(path, os.O_WRONLY))
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        while writer.is_alive():
+            reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            writer.join(0.05)
+            os.close(reader)

@@ -20,7 +20,14 @@ from opencir.data.collections import (
     split_member,
 )
 from opencir.data.images import ImageLoadError
-from tests.generate_fixtures import make_shard, make_world, png_bytes, shape_image
+from tests.generate_fixtures import (
+    NON_UTF8_NAME,
+    fifo,
+    make_shard,
+    make_world,
+    png_bytes,
+    shape_image,
+)
 
 
 def _jpeg(image: Image.Image, **kwargs) -> bytes:
@@ -51,6 +58,39 @@ def test_folder_keys_sidecars_and_classes(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError) as info:
         collection.load("../outside.png")
     assert info.value.reason == "missing"
+
+
+def test_folder_listing_skips_fifos_and_non_utf8_names_by_name(tmp_path: Path, caplog) -> None:
+    shape_image("red", "circle").save(tmp_path / "a.png")
+    (tmp_path / NON_UTF8_NAME).write_bytes(png_bytes(shape_image("blue", "square")))
+    with fifo(tmp_path / "stuck.png"), caplog.at_level(logging.WARNING):
+        collection = open_collection(tmp_path)
+        assert collection.keys() == ["a.png"]
+        with pytest.raises(ImageLoadError) as error:
+            collection.read_bytes("stuck.png")  # a key named anyway is refused, not waited on
+    assert error.value.reason == "not_a_file"
+    assert "stuck.png: not a regular file" in caplog.text
+    assert "b'" + str(tmp_path) + "/bad\\xff.png'" in caplog.text
+
+
+def test_manifest_row_naming_a_fifo_fails_to_load(tmp_path: Path) -> None:
+    rows = [{"id": "ok", "file": "ok.png"}, {"id": "pipe", "file": "pipe.png"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shape_image("red", "circle").save(tmp_path / "ok.png")
+    with fifo(tmp_path / "pipe.png"):
+        collection = open_collection(tmp_path / "rows.jsonl")
+        assert collection.load("ok").size == (32, 32)
+        with pytest.raises(ImageLoadError) as error:
+            collection.load("pipe")
+    assert error.value.reason == "not_a_file"
+
+
+def test_webdataset_members_with_non_utf8_names_are_skipped(tmp_path: Path, caplog) -> None:
+    image = png_bytes(shape_image("red", "circle"))
+    make_shard(tmp_path / "s.tar", {"good.png": image, f"{NON_UTF8_NAME[:-4]}.png": image})
+    with caplog.at_level(logging.WARNING):
+        assert open_collection(tmp_path / "s.tar").keys() == ["good"]
+    assert "b'bad\\xff.png'" in caplog.text
 
 
 def test_where_filters_and_dotted_fields(tmp_path: Path) -> None:

@@ -22,7 +22,14 @@ from opencir.generate import (
     generate,
 )
 from tests.fake_llm_server import FakeLLMServer
-from tests.generate_fixtures import make_shard, make_world, png_bytes, shape_image
+from tests.generate_fixtures import (
+    NON_UTF8_NAME,
+    fifo,
+    make_shard,
+    make_world,
+    png_bytes,
+    shape_image,
+)
 
 
 @pytest.fixture
@@ -243,6 +250,23 @@ def test_class_sampler_on_a_folder_and_webdataset_source(tmp_path: Path) -> None
     )
     assert generate(config).triplets == 6
     assert {t.reference for t in read_triplets(tmp_path / "o2")} <= {"0000", "0001", "0002", "0003"}
+
+
+def test_a_fifo_and_a_non_utf8_name_in_the_folder_are_skipped(tmp_path: Path, caplog) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for colour in ("red", "blue", "green", "yellow"):
+        shape_image(colour, "circle").save(photos / f"{colour}.png")
+        (photos / f"{colour}.txt").write_text(f"a {colour} circle")
+    (photos / NON_UTF8_NAME).write_bytes((photos / "red.png").read_bytes())
+    argv = ["generate", "--images", str(photos), "--out", str(tmp_path / "out"), "--pairs", "6"]
+    with fifo(photos / "stuck.png"):
+        assert main([*argv, "--captioner", "sidecar", "--writer", "template", "--no-progress"]) == 0
+    keys = {t.reference for t in read_triplets(tmp_path / "out")}
+    keys |= {t.target for t in read_triplets(tmp_path / "out")}
+    assert keys == {"red.png", "blue.png", "green.png", "yellow.png"}
+    assert (tmp_path / "out" / "failures.jsonl").read_text() == ""
+    assert "stuck.png: not a regular file" in caplog.text and "bad\\xff.png" in caplog.text
 
 
 def test_related_sampler_from_npz_and_from_a_model(world: Path, tmp_path: Path) -> None:

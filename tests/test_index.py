@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +35,8 @@ from opencir.index import (
     remove_images,
     resolve_model,
 )
-from opencir.index.manifest import file_info
+from opencir.index.manifest import GalleryIndexError, file_info
+from tests.generate_fixtures import NON_UTF8_NAME, fifo
 from tests.test_serve_support import (
     FAST,
     FakeRetriever,
@@ -335,3 +341,60 @@ def test_name_at_hf_directory_is_reproducible(tmp_path: Path) -> None:
     first = resolve_model(spec).fingerprint()
     torch.manual_seed(2)
     assert resolve_model(spec).fingerprint() == first
+
+
+def test_build_skips_fifos_and_non_utf8_names_with_a_warning(tmp_path: Path, caplog) -> None:
+    paths = solid_images(tmp_path / "imgs", 4)
+    shutil.copy(paths[0], tmp_path / "imgs" / NON_UTF8_NAME)
+    with fifo(tmp_path / "imgs" / "stuck.png"), caplog.at_level(logging.WARNING):
+        manifest = build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
+    assert manifest.count == 4 and manifest.skipped == {}
+    assert "stuck.png: not a regular file" in caplog.text
+    assert "bad\\xff.png" in caplog.text
+    index = GalleryIndex.open(tmp_path / "idx")
+    assert sorted(item.name for item in index.page(0, 10)) == [p.name for p in paths]
+    index.close()
+
+
+def test_a_second_writer_of_one_index_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 12)
+    embedding, release = threading.Event(), threading.Event()
+
+    class Paused(FakeRetriever):
+        def encode_target(self, images):
+            embedding.set()
+            release.wait()
+            return super().encode_target(images)
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(build_index, Paused(), tmp_path / "imgs", tmp_path / "idx", FAST)
+        try:
+            assert embedding.wait(120), first.exception(0)
+            busy = f"another index build is writing to {tmp_path / 'idx'}"
+            with pytest.raises(OSError, match=busy):
+                build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
+            with pytest.raises(OSError, match=busy):
+                remove_images(tmp_path / "idx", ids=[0])
+        finally:
+            release.set()
+        assert first.result().count == 12
+    assert remove_images(tmp_path / "idx", ids=[0]).count == 11  # the lock is free again
+
+
+def test_the_index_folder_and_files_get_the_usual_modes(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 3)
+    previous = os.umask(0o022)
+    try:
+        build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "idx").stat().st_mode) == 0o755
+    modes = {stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "idx").iterdir()}
+    assert modes == {0o644}
+
+
+def test_a_registered_name_with_random_weights_is_refused(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 2)
+    with pytest.raises(GalleryIndexError, match="checkpoint folder"):
+        build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST, "instructcir-tiny")
+    assert not (tmp_path / "idx").exists()

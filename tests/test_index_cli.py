@@ -90,3 +90,13 @@ def test_user_errors_exit_2_with_a_message(
     assert main(["index", "remove", "--index", str(workspace / "idx")]) == 2
     build = ["index", "build", "--model", "no-such-model", "--images", str(workspace / "photos")]
     assert main([*build, "--out", str(workspace / "x")]) == 2
+
+
+def test_build_refuses_a_model_no_server_could_reload(
+    workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    build = ["index", "build", "--model", "instructcir-tiny", "--images", str(workspace / "photos")]
+    assert main([*build, "--out", str(workspace / "random"), "--no-progress"]) == 2
+    assert "new random weights on every load" in caplog.text
+    assert "Pass a checkpoint folder" in caplog.text
+    assert not (workspace / "random").exists()

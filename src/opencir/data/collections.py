@@ -30,7 +30,14 @@ from typing import Any
 
 from PIL import Image
 
-from opencir.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from opencir.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    listable_image_file,
+    load_image,
+    open_regular_file,
+    valid_text_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +164,11 @@ def _absolute(path: str) -> str:
 
 
 def _read_file(path: Path, key: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as error:
-        raise ImageLoadError(key, "missing", f"no such file {path}") from error
-    except OSError as error:
-        raise ImageLoadError(key, "unreadable", str(error)) from error
+    with open_regular_file(path, key) as stream:
+        try:
+            return stream.read()
+        except OSError as error:
+            raise ImageLoadError(key, "unreadable", str(error)) from error
 
 
 def _image_extension(name: str) -> bool:
@@ -204,6 +210,8 @@ class FolderCollection(ImageCollection):
                 if name.startswith(".") or not _image_extension(name):
                     continue
                 path = Path(directory) / name
+                if not listable_image_file(path):
+                    continue
                 key = path.relative_to(self.root).as_posix()
                 parent = Path(key).parent.as_posix()
                 meta = {"class": "" if parent == "." else parent, **_sidecar_meta(path)}
@@ -279,7 +287,7 @@ class WebDatasetCollection(ImageCollection):
         images: dict[str, _Member] = {}
         with open(shard, "rb") as handle:
             for info in _members(shard):
-                if not info.isfile():
+                if not info.isfile() or not valid_text_name(info.name):
                     continue
                 key, ext = split_member(info.name)
                 if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and key not in images:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -24,7 +22,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from opencir.atomic import fsync_tree, swap_in
+from opencir.atomic import (
+    atomic_open,
+    atomic_write,
+    exclusive_lock,
+    fsync_tree,
+    staging_dir,
+    swap_in,
+)
 from opencir.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from opencir.index.exact import column_scale, write_codes
 from opencir.index.manifest import (
@@ -37,7 +42,7 @@ from opencir.index.manifest import (
     Manifest,
     ModelInfo,
 )
-from opencir.index.resolve import canonical_spec
+from opencir.index.resolve import canonical_spec, names_random_weights
 from opencir.index.sources import ImageSource, iter_sources
 from opencir.index.store import GalleryIndex, iter_item_rows, write_items
 from opencir.index.stream import NpyWriter, iter_npy_rows, write_flat_faiss
@@ -93,6 +98,13 @@ def build_index(
 ) -> Manifest:
     """Embed every image of ``source`` with ``model`` and write an index folder at ``out``."""
     out = Path(out).expanduser().resolve()
+    _check_reopenable(model_spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _writing(out):
+        return _build(model, source, out, config, model_spec)
+
+
+def _build(model: Any, source: Any, out: Path, config: BuildConfig, model_spec: str) -> Manifest:
     if (out / MANIFEST_FILE).exists() and not config.overwrite:
         raise FileExistsError(
             f"index {out} already exists; add images with `opencir index add` or pass --overwrite"
@@ -118,6 +130,11 @@ def add_images(
 ) -> Manifest:
     """Embed the images of ``source`` not yet in ``index`` (by name) and add them."""
     folder = Path(index).expanduser().resolve()
+    with _writing(folder):
+        return _add(folder, source, model, config)
+
+
+def _add(folder: Path, source: Any, model: Any, config: BuildConfig) -> Manifest:
     base = GalleryIndex.open(folder, mmap=True)
     try:
         base.check_model(model)
@@ -140,6 +157,13 @@ def remove_images(
 ) -> Manifest:
     """Remove images by id, by name, or (``missing_files``) those whose file is gone."""
     folder = Path(index).expanduser().resolve()
+    with _writing(folder):
+        return _remove(folder, ids, names, missing_files)
+
+
+def _remove(
+    folder: Path, ids: Sequence[int], names: Sequence[str], missing_files: bool
+) -> Manifest:
     base = GalleryIndex.open(folder, mmap=True)
     try:
         doomed = {base.get(i).id for i in ids} | {base.find(n).id for n in names}
@@ -156,6 +180,24 @@ def remove_images(
         return _assemble(folder, None, base.manifest.model, config, base=base, remove=doomed)
     finally:
         base.close()
+
+
+def _writing(out: Path) -> Any:
+    """The exclusive lock of index folder ``out``, held while anything writes it or beside it."""
+    if not out.parent.is_dir():
+        raise GalleryIndexError(f"no index at {out}: folder {out.parent} does not exist")
+    lock = out.with_name(f".{out.name}.lock")
+    return exclusive_lock(lock, f"another index build is writing to {out}; wait for it to end")
+
+
+def _check_reopenable(spec: str) -> None:
+    """Refuse a model whose ``spec`` cannot rebuild it: the index could never be opened."""
+    if spec and names_random_weights(spec):
+        raise GalleryIndexError(
+            f"model {spec!r} is a registered name without weights: it gets new random weights "
+            "on every load, so no server could open this index. Pass a checkpoint folder "
+            "(written by model.save or opencir train) or NAME@DIR with pretrained backbone weights"
+        )
 
 
 # --------------------------------------------------------------------------- planning
@@ -219,17 +261,8 @@ def _partial_dir(out: Path, plan: dict) -> Path:
         log.warning("discarding an unfinished build with other settings in %s", partial)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    _write_atomic(plan_file, json.dumps(plan, indent=2).encode())
+    atomic_write(plan_file, json.dumps(plan, indent=2).encode())
     return partial
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def _freeze_sources(partial: Path, source: Any, skip: Callable[[str], bool]) -> int:
@@ -241,8 +274,7 @@ def _freeze_sources(partial: Path, source: Any, skip: Callable[[str], bool]) -> 
     records = iter_sources(source) if isinstance(source, str | Path) else iter(source)
     seen: set[str] = set()
     count = 0
-    tmp = listing.with_name(f".{listing.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_open(listing, "w", encoding="utf-8") as handle:
         for record in records:
             if record.name in seen:
                 raise GalleryIndexError(f"image name {record.name!r} appears twice in {source}")
@@ -252,7 +284,6 @@ def _freeze_sources(partial: Path, source: Any, skip: Callable[[str], bool]) -> 
             row = {"name": record.name, "path": str(record.path), "metadata": dict(record.metadata)}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
-    tmp.replace(listing)
     log.info("%d images to embed", count)
     return count
 
@@ -311,9 +342,8 @@ def _embed_shard(
         bar.update(len(images))
     dim = vectors[0].shape[1] if vectors else 0
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, vectors=matrix, reasons=np.array(reasons, dtype=str))
-    tmp.replace(path)
+    with atomic_open(path) as stream:
+        np.savez(stream, vectors=matrix, reasons=np.array(reasons, dtype=str))
 
 
 def _loaded_batches(
@@ -412,8 +442,7 @@ def _assemble(
     remove: set[int] | Sequence[int],
 ) -> Manifest:
     """Write the complete index into a temp sibling of ``out`` and swap it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    staging = staging_dir(out.parent, f".{out.name}.staging-")
     try:
         manifest = _write_index(staging, partial, info, config, base, set(remove))
         fsync_tree(staging)

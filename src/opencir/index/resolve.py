@@ -29,6 +29,12 @@ def canonical_spec(spec: str | Path) -> str:
     return str(path.resolve()) if path.is_dir() else text
 
 
+def names_random_weights(spec: str | Path) -> bool:
+    """Whether ``spec`` is a bare registered name, whose weights are drawn anew on every load."""
+    text = str(spec)
+    return "@" not in text and not Path(text).expanduser().is_dir()
+
+
 def resolve_model(spec: str | Path) -> CIRModel:
     """Build or load the model that ``spec`` names (see the module docstring)."""
     from opencir.models import load_model

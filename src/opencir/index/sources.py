@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opencir.data.images import listable_image_file
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
 )
@@ -63,7 +65,9 @@ def _iter_folder(root: Path) -> Iterator[ImageSource]:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(directory, name)
-            if path.suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or name.startswith("."):
+                continue
+            if listable_image_file(path):
                 yield ImageSource(path.relative_to(root).as_posix(), path)
 
 
