@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,13 @@ import opencir.generate.shards as shards_module
 from opencir.cli import main
 from opencir.data.collections import CollectionSpec
 from opencir.data.triplets import read_triplets
-from opencir.generate import GenerateConfig, generate
+from opencir.generate import (
+    CaptionerConfig,
+    EndpointConfig,
+    GenerateConfig,
+    WriterConfig,
+    generate,
+)
 from tests.fake_llm_server import FakeLLMServer
 from tests.generate_fixtures import make_world
 
@@ -149,3 +156,66 @@ def test_kill_9_mid_run_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) 
         assert (
             resumed < len(ids) + 16
         )  # the committed shards and cached captions were not paid again
+
+
+def _llm_config(world: Path, out: Path, url: str, **overrides) -> GenerateConfig:
+    endpoint = EndpointConfig(
+        model="fake", base_url=url, max_retries=0, timeout_s=5.0, concurrency=2
+    )
+    return GenerateConfig(
+        source=CollectionSpec(str(world)),
+        out=str(out),
+        pairs=20,
+        shard_size=3,
+        captioner=CaptionerConfig(kind="sidecar"),
+        writer=WriterConfig(kind="llm", endpoint=endpoint),
+        progress=False,
+        **overrides,
+    )
+
+
+def _closed_port_url() -> str:
+    """An endpoint URL where nothing listens (a typo'd ``--endpoint``)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_rerun_asks_again_for_the_pairs_a_wrong_endpoint_lost(tmp_path: Path) -> None:
+    world = make_world(tmp_path / "world", n_train=10, n_test=0, corrupt=1)
+    out = tmp_path / "out"
+    with FakeLLMServer() as server:
+        generate(_llm_config(world, tmp_path / "reference", server.url))
+        expected = _snapshot(tmp_path / "reference")
+        lost = generate(_llm_config(world, out, _closed_port_url()))
+        assert lost.triplets == 0 and set(lost.failed) == {"connection", "image_not_an_image"}
+        before = server.count()
+        kept = generate(_llm_config(world, out, server.url, retry_failed=False))
+        assert kept.failed == lost.failed and server.count() == before
+        retried = generate(_llm_config(world, out, server.url))
+        assert server.count() - before == lost.failed["connection"]  # only the lost pairs
+        assert _snapshot(out) == expected
+        assert retried.triplets == len(expected[0]) and "connection" not in retried.failed
+        ids = [row["id"] for row in expected[0]]
+        assert len(ids) == len(set(ids))
+        before = server.count()
+        generate(_llm_config(world, out, server.url))  # nothing left to retry: a no-op
+        assert server.count() == before and _snapshot(out) == expected
+
+
+def test_a_retried_shard_keeps_its_finished_pairs(tmp_path: Path) -> None:
+    world = make_world(tmp_path / "world", n_train=10, n_test=0)
+    out = tmp_path / "out"
+    with FakeLLMServer() as server:
+        generate(_llm_config(world, tmp_path / "reference", server.url))
+        expected = _snapshot(tmp_path / "reference")
+        server.queue(*["500"] * 4)  # an outage that ends during the run
+        before = server.count()
+        report = generate(_llm_config(world, out, server.url))
+        assert report.failed == {"server_error": 4} and report.triplets == 16
+        first_run = server.count() - before
+        generate(_llm_config(world, out, server.url))
+        assert server.count() - before == first_run + 4  # the 16 answers were not asked again
+        assert _snapshot(out) == expected
+        _check_shards(out)

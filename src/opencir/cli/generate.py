@@ -142,6 +142,12 @@ def _add_runner(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not decode images no stage needs (faster, fewer checks)",
     )
+    group.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="keep the pairs that earlier runs lost to endpoint errors as failures "
+        "(default: a rerun asks for them again)",
+    )
     group.add_argument("--engine", default="local", choices=("local", "ray"))
     group.add_argument("--ray-address", help="Ray cluster address (default: start Ray locally)")
     group.add_argument("--ray-workers", type=int, default=2)
@@ -256,6 +262,7 @@ def build_config(args: argparse.Namespace):
         format=args.format,
         cache_dir=args.cache_dir,
         verify_images=not args.no_verify_images,
+        retry_failed=not args.no_retry_failed,
         engine=args.engine,
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,

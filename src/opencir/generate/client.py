@@ -28,6 +28,10 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 APIS = ("chat", "completions")
+# The reasons a RequestError carries (see the module docstring).
+REQUEST_FAILURES = frozenset(
+    {"timeout", "server_error", "rate_limited", "connection", "bad_response", "client_error"}
+)
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 

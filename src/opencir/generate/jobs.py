@@ -9,11 +9,15 @@ from typing import Any
 
 from PIL import Image
 
-from opencir.generate.client import Usage
+from opencir.generate.client import REQUEST_FAILURES, Usage
 from opencir.generate.sampling import Pair
 
 STATUSES = ("ok", "failed", "rejected")
 NO_USAGE = Usage()
+# Failures a later run may not meet again: the endpoint was down, overloaded, misaddressed or
+# refused the request, a local model crashed, or the run stopped first. Image failures,
+# missing captions and rejected answers depend only on the data and stay final.
+RETRYABLE_FAILURES = REQUEST_FAILURES | {"model_error", "cancelled"}
 
 
 @dataclass
@@ -90,6 +94,13 @@ class Outcome:
             int(data.get("attempts", 0)),
             cached=True,
         )
+
+
+def is_retryable(record: Mapping[str, Any]) -> bool:
+    """Whether a shard record is a failure that a rerun asks again (:data:`RETRYABLE_FAILURES`)."""
+    if record.get("type") != "failure" or record.get("status") != "failed":
+        return False
+    return str(record.get("reason", "")).removeprefix("caption_") in RETRYABLE_FAILURES
 
 
 def content_hash(data: bytes) -> str:

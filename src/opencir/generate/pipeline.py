@@ -10,7 +10,9 @@ Output folder::
     OUT/report.json        counts by reason, tokens, throughput — written last
 
 Running the same command again continues where a crashed run stopped and ends with exactly
-the triplets of an uninterrupted run; a finished folder is left as is (a no-op rerun).
+the triplets of an uninterrupted run. It also asks again for the pairs that failed on endpoint
+errors (an outage, a wrong ``--endpoint``), keeping every other record; a finished folder
+without such failures is left as is (a no-op rerun).
 """
 
 from __future__ import annotations
@@ -191,9 +193,11 @@ async def _run_local_async(
 
     async def one(index: int, pairs: list[Pair]) -> None:
         async with slots:
-            records = await stages.process(pairs)
+            digest = pairs_digest(pairs)
+            previous = await asyncio.to_thread(store.retry_base, index, digest)
+            records = await stages.process(pairs, previous)
             # fsync off the event loop: the other shards' requests keep flowing meanwhile
-            await asyncio.to_thread(store.commit, index, pairs_digest(pairs), records)
+            await asyncio.to_thread(store.commit, index, digest, records)
             bar.update(len(pairs))
 
     try:
@@ -294,7 +298,14 @@ def _plan(config: GenerateConfig, store: ShardStore) -> _Plan:
     pairs, pre_failures = plan_pairs(config, collection)
     slices = shard_slices(pairs, config.shard_size)
     store.clean_temporaries()
-    tasks = [(i, s) for i, s in enumerate(slices) if not store.is_committed(i, pairs_digest(s))]
+    tasks = [
+        (i, s)
+        for i, s in enumerate(slices)
+        if not store.is_final(i, pairs_digest(s), config.retry_failed)
+    ]
+    retried = sum(store.is_committed(i, pairs_digest(s)) for i, s in tasks)
+    if retried:
+        log.info("asking again for the failed pairs of %d finished shards", retried)
     if tasks:
         for name in (REPORT_FILE, *TRIPLET_FILES):  # the folder is "finished" only once merged
             (out / name).unlink(missing_ok=True)

@@ -34,18 +34,21 @@ class ShardWorker:
         self.store = ShardStore(config.out)
         self.stages: Stages | None = None
 
-    async def _process(self, pairs: list[Pair]) -> list[dict[str, Any]]:
+    async def _process(
+        self, pairs: list[Pair], previous: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         if self.stages is None:
             self.stages = Stages(self.config)
         try:
-            return await self.stages.process(pairs)
+            return await self.stages.process(pairs, previous)
         finally:
             await self.stages.aclose()  # clients are bound to this call's event loop
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         pairs = [Pair.from_dict(p) for p in json.loads(row["pairs"])]
-        records = asyncio.run(self._process(pairs))
-        self.store.commit(int(row["index"]), pairs_digest(pairs), records)
+        index, digest = int(row["index"]), pairs_digest(pairs)
+        records = asyncio.run(self._process(pairs, self.store.retry_base(index, digest)))
+        self.store.commit(index, digest, records)
         ok = sum(1 for r in records if r["type"] == "triplet")
         return {"index": int(row["index"]), "pairs": len(pairs), "ok": ok}
 

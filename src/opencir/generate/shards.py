@@ -6,6 +6,10 @@ steps: ``part-NNNNNN.jsonl`` (written to a temporary name, fsynced, renamed), th
 shard with a done-marker that matches both counts; anything else (a torn temporary file, a
 data file without a marker, a marker for other pairs) is redone. So ``kill -9`` at any moment
 loses at most the shards in flight, and never leaves half a shard behind.
+
+The marker also counts the shard's retryable failures (:func:`~opencir.generate.jobs.is_retryable`:
+the endpoint was down, misaddressed, ...). Such a shard is not final: a rerun asks again for
+those pairs only, keeps the rest, and commits the completed shard in the same two steps.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from opencir.data.triplets import atomic_write, jsonl_bytes
+from opencir.generate.jobs import is_retryable
 from opencir.generate.sampling import Pair
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,23 @@ class ShardStore:
         marker = self._marker(index)
         return marker is not None and marker.get("pairs") == digest
 
+    def is_final(self, index: int, digest: str, retry_failed: bool) -> bool:
+        """Committed for these pairs, and (with ``retry_failed``) holding no retryable failure."""
+        if not self.is_committed(index, digest):
+            return False
+        return not (retry_failed and self.has_retryable(index))
+
+    def has_retryable(self, index: int) -> bool:
+        """Whether committed shard ``index`` holds failures that a rerun asks again."""
+        marker = self._marker(index) or {}
+        if "retryable" in marker:
+            return int(marker["retryable"]) > 0
+        return any(is_retryable(record) for record in self.read(index))  # an older marker
+
+    def retry_base(self, index: int, digest: str) -> list[dict[str, Any]]:
+        """The committed records a rerun of shard ``index`` completes (none if not committed)."""
+        return self.read(index) if self.is_committed(index, digest) else []
+
     def _marker(self, index: int) -> dict[str, Any] | None:
         try:
             marker = json.loads(self.marker_path(index).read_text(encoding="utf-8"))
@@ -68,6 +90,7 @@ class ShardStore:
             "pairs": digest,
             "data": hashlib.sha256(data).hexdigest(),
             "records": len(records),
+            "retryable": sum(1 for record in records if is_retryable(record)),
         }
         atomic_write(self.marker_path(index), json.dumps(marker, sort_keys=True).encode())
 

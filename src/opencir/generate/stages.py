@@ -24,7 +24,7 @@ from opencir.data.triplets import Triplet
 from opencir.generate.cache import ResultCache
 from opencir.generate.captioners import CaptionerConfig, build_captioner
 from opencir.generate.client import Usage
-from opencir.generate.jobs import ImageJob, Outcome, PairJob, content_hash
+from opencir.generate.jobs import ImageJob, Outcome, PairJob, content_hash, is_retryable
 from opencir.generate.prompts import prompt_hash
 from opencir.generate.sampling import Pair, SamplerConfig
 from opencir.generate.writers import WriterConfig, build_writer
@@ -45,12 +45,15 @@ class GenerateConfig:
     ``verify_images`` decodes every image even when no stage needs pixels (sidecar captions +
     a text writer), so unreadable images become recorded failures instead of training-time
     surprises; the pixels are then dropped at once, so in-flight shards hold no images.
+    ``retry_failed``: a rerun asks again for the pairs that earlier runs lost to endpoint
+    errors (:func:`~opencir.generate.jobs.is_retryable`); ``False`` keeps those failures.
     """
 
     source: CollectionSpec
     out: str
     pairs: int
     seed: int = 0
+    retry_failed: bool = True
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     writer: WriterConfig = field(default_factory=lambda: WriterConfig(kind="template"))
@@ -237,8 +240,16 @@ class Stages:
 
     # ------------------------------------------------------------------ one shard
 
-    async def process(self, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-        """All records (triplets, failures, one stats record) of one shard, in pair order."""
+    async def process(
+        self, pairs: Sequence[Pair], previous: Sequence[Mapping[str, Any]] = ()
+    ) -> list[dict[str, Any]]:
+        """All records (triplets, failures, stats) of one shard, in pair order.
+
+        ``previous``: the shard's committed records; its retryable failures are processed
+        again and every other record is kept as it is.
+        """
+        if previous:
+            return await self._complete(pairs, previous)
         keys = list(dict.fromkeys(k for p in pairs for k in (p.reference, p.target)))
         images = await self.load_images(keys)
         loaded = [images[k] for k in keys if images[k].error is None]
@@ -256,6 +267,17 @@ class Stages:
             records[n] = self._record(job, outcome, provenance)
         stats = _stats(images, captions, outcomes)
         return [r for r in records if r is not None] + [stats]
+
+    async def _complete(
+        self, pairs: Sequence[Pair], previous: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``previous`` with its retryable failures processed again (one stats record per run)."""
+        kept = {r["id"]: dict(r) for r in previous if r["type"] != "stats" and not is_retryable(r)}
+        redo = [pair for pair in pairs if triplet_id(pair) not in kept]
+        fresh = await self.process(redo) if redo else []
+        by_id = {**kept, **{r["id"]: r for r in fresh if r["type"] != "stats"}}
+        stats = [dict(r) for r in (*previous, *fresh) if r["type"] == "stats"]
+        return [by_id[triplet_id(pair)] for pair in pairs] + stats
 
     def _problem(
         self, pair: Pair, images: Mapping[str, ImageJob], captions: Mapping[str, Outcome]
