@@ -21,15 +21,9 @@ from opencir.generate import (
     WriterConfig,
     generate,
 )
+from tests import generate_fixtures
 from tests.fake_llm_server import FakeLLMServer
-from tests.generate_fixtures import (
-    NON_UTF8_NAME,
-    fifo,
-    make_shard,
-    make_world,
-    png_bytes,
-    shape_image,
-)
+from tests.generate_fixtures import make_shard, make_world, png_bytes, shape_image
 
 
 @pytest.fixture
@@ -258,9 +252,9 @@ def test_a_fifo_and_a_non_utf8_name_in_the_folder_are_skipped(tmp_path: Path, ca
     for colour in ("red", "blue", "green", "yellow"):
         shape_image(colour, "circle").save(photos / f"{colour}.png")
         (photos / f"{colour}.txt").write_text(f"a {colour} circle")
-    (photos / NON_UTF8_NAME).write_bytes((photos / "red.png").read_bytes())
+    (photos / generate_fixtures.NON_UTF8_NAME).write_bytes((photos / "red.png").read_bytes())
     argv = ["generate", "--images", str(photos), "--out", str(tmp_path / "out"), "--pairs", "6"]
-    with fifo(photos / "stuck.png"):
+    with generate_fixtures.fifo(photos / "stuck.png"):
         assert main([*argv, "--captioner", "sidecar", "--writer", "template", "--no-progress"]) == 0
     keys = {t.reference for t in read_triplets(tmp_path / "out")}
     keys |= {t.target for t in read_triplets(tmp_path / "out")}
