@@ -10,6 +10,7 @@ method pairs with the multimodal LLMs of ``configs/mllm/*.json`` (``mllm-tiny``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cache
 from importlib import resources
@@ -126,6 +127,10 @@ def build_architecture(config: ModelConfig) -> Any:
 
 def _towers(config: ModelConfig, pretrained: str | None) -> tuple[Any, BackboneConfig, Any]:
     """Tower, resolved backbone config and tokenizer, random or from ``pretrained``."""
+    from opencir.models.checkpoint import is_checkpoint
+
+    if pretrained and is_checkpoint(pretrained):
+        return checkpoint_backbone(config, pretrained)
     if config.method == "mllm":
         if pretrained:
             tower, backbone = load_llava(config.backbone, pretrained)
@@ -138,6 +143,42 @@ def _towers(config: ModelConfig, pretrained: str | None) -> tuple[Any, BackboneC
     else:
         tower, backbone = build_tower(config.backbone)
     return tower, backbone, load_tokenizer(backbone, pretrained)
+
+
+def checkpoint_backbone(
+    config: ModelConfig, directory: str
+) -> tuple[DualTower, BackboneConfig, Any]:
+    """The tower, backbone config (preprocessing included) and tokenizer of a checkpoint.
+
+    Lets every dual-encoder method, the baselines above all, run on the backbone of any
+    OpenCIR checkpoint; an InstructCIR checkpoint gives its query encoder's tower.
+    """
+    from opencir.models.checkpoint import load, read_checkpoint_config
+
+    saved = read_checkpoint_config(directory)
+    if MLLM_FOLDER in (_backbone_folder(config.method), _backbone_folder(saved.method)):
+        raise ValueError(
+            f"pretrained={directory!r}: an OpenCIR checkpoint's backbone serves dual-encoder "
+            f"methods only; {config.name!r} and the checkpoint's {saved.name!r} must both be one"
+        )
+    wanted, have = split_name(config.name)[1], _registered_backbone(saved.name)
+    if have is not None and have != wanted:
+        raise ValueError(
+            f"pretrained={directory!r} holds a {have} backbone, not {wanted}; "
+            f"use {config.method}-{have}"
+        )
+    model = load(directory)
+    tower = model.query_encoder.tower if isinstance(model, InstructCIR) else model.tower
+    backbone = dataclasses.replace(saved.backbone, pretrained=str(directory))
+    return tower, backbone, model.tokenizer
+
+
+def _registered_backbone(name: str) -> str | None:
+    """The backbone part of a registry model name, ``None`` for a name outside the registry."""
+    try:
+        return split_name(name)[1]
+    except ValueError:
+        return None
 
 
 def build_model(config: ModelConfig, tower: DualTower, tokenizer: Any) -> CIRModel:
