@@ -326,17 +326,22 @@ def test_resolve_model_spellings(tiny: dict, tmp_path: Path) -> None:
         resolve_model(f"sum-tiny@{tmp_path / 'missing'}")
 
 
-def test_name_at_hf_directory_is_reproducible(tmp_path: Path) -> None:
-    """The SEARCH.md recipe: NAME@DIR of a save_pretrained CLIP gives stable fingerprints."""
+def _hf_backbone(folder: Path) -> Path:
+    """The tiny backbone saved with ``save_pretrained``, as NAME@DIR reads it."""
     from opencir.models.backbones import get_family
     from opencir.models.registry import get_model_config
     from opencir.models.tokenizer import byte_level_tokenizer
 
     backbone = get_model_config("sum-tiny").backbone
     family = get_family(backbone.family)
-    family.hf_model(family.hf_config(**backbone.architecture)).save_pretrained(tmp_path / "clip")
-    byte_level_tokenizer(backbone.max_text_length).save_pretrained(tmp_path / "clip")
-    spec = f"sum-tiny@{tmp_path / 'clip'}"
+    family.hf_model(family.hf_config(**backbone.architecture)).save_pretrained(folder)
+    byte_level_tokenizer(backbone.max_text_length).save_pretrained(folder)
+    return folder
+
+
+def test_name_at_hf_directory_is_reproducible(tmp_path: Path) -> None:
+    """The SEARCH.md recipe: NAME@DIR of a save_pretrained CLIP gives stable fingerprints."""
+    spec = f"sum-tiny@{_hf_backbone(tmp_path / 'clip')}"
     torch.manual_seed(1)
     first = resolve_model(spec).fingerprint()
     torch.manual_seed(2)
@@ -398,3 +403,17 @@ def test_a_registered_name_with_random_weights_is_refused(tmp_path: Path) -> Non
     with pytest.raises(GalleryIndexError, match="checkpoint folder"):
         build_index(FakeRetriever(), tmp_path / "imgs", tmp_path / "idx", FAST, "instructcir-tiny")
     assert not (tmp_path / "idx").exists()
+
+
+def test_name_at_dir_is_indexed_only_if_it_rebuilds_the_model(tmp_path: Path) -> None:
+    solid_images(tmp_path / "imgs", 2)
+    clip = _hf_backbone(tmp_path / "clip")
+    random_head = f"instructcir-tiny@{clip}"  # its cross-attention starts at random
+    model = resolve_model(random_head)
+    with pytest.raises(GalleryIndexError, match="does not rebuild the model being indexed"):
+        build_index(model, tmp_path / "imgs", tmp_path / "x", FAST, random_head)
+    assert not (tmp_path / "x").exists()
+    spec = f"sum-tiny@{clip}"
+    manifest = build_index(resolve_model(spec), tmp_path / "imgs", tmp_path / "idx", FAST, spec)
+    assert manifest.count == 2
+    GalleryIndex.open(tmp_path / "idx").check_model(resolve_model(manifest.model.spec))

@@ -42,7 +42,7 @@ from opencir.index.manifest import (
     Manifest,
     ModelInfo,
 )
-from opencir.index.resolve import canonical_spec, names_random_weights
+from opencir.index.resolve import canonical_spec, names_random_weights, resolve_model
 from opencir.index.sources import ImageSource, iter_sources
 from opencir.index.store import GalleryIndex, iter_item_rows, write_items
 from opencir.index.stream import NpyWriter, iter_npy_rows, write_flat_faiss
@@ -98,20 +98,20 @@ def build_index(
 ) -> Manifest:
     """Embed every image of ``source`` with ``model`` and write an index folder at ``out``."""
     out = Path(out).expanduser().resolve()
-    _check_reopenable(model_spec)
+    info = _model_info(model, model_spec)
+    _check_reopenable(info)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _writing(out):
-        return _build(model, source, out, config, model_spec)
+        return _build(model, source, out, config, info)
 
 
-def _build(model: Any, source: Any, out: Path, config: BuildConfig, model_spec: str) -> Manifest:
+def _build(model: Any, source: Any, out: Path, config: BuildConfig, info: ModelInfo) -> Manifest:
     if (out / MANIFEST_FILE).exists() and not config.overwrite:
         raise FileExistsError(
             f"index {out} already exists; add images with `opencir index add` or pass --overwrite"
         )
     if out.exists() and not (out / MANIFEST_FILE).exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an index; refusing to replace it")
-    info = _model_info(model, model_spec)
     _check_factory(config.factory, _embed_dim(model))
     plan = _plan("build", info, source, config, base=None)
     partial = _partial_dir(out, plan)
@@ -190,14 +190,31 @@ def _writing(out: Path) -> Any:
     return exclusive_lock(lock, f"another index build is writing to {out}; wait for it to end")
 
 
-def _check_reopenable(spec: str) -> None:
-    """Refuse a model whose ``spec`` cannot rebuild it: the index could never be opened."""
+def _check_reopenable(info: ModelInfo) -> None:
+    """Refuse a model its recorded spec cannot rebuild: no server could open the index.
+
+    A bare registered name draws new random weights on every load. ``NAME@DIR`` loads the
+    backbone, but a method with layers beyond it (InstructCIR, the combiner) starts those at
+    random, so it is resolved once more and must give the same fingerprint.
+    """
+    spec = info.spec
     if spec and names_random_weights(spec):
         raise GalleryIndexError(
             f"model {spec!r} is a registered name without weights: it gets new random weights "
-            "on every load, so no server could open this index. Pass a checkpoint folder "
-            "(written by model.save or opencir train) or NAME@DIR with pretrained backbone weights"
+            f"on every load, so no server could open this index. {_SAVE_IT}"
         )
+    if "@" in spec and _model_info(resolve_model(spec), spec).fingerprint != info.fingerprint:
+        raise GalleryIndexError(
+            f"model {spec!r} does not rebuild the model being indexed (a method's layers beyond "
+            "the pretrained backbone start at random on every load), so no server could open "
+            f"this index. {_SAVE_IT}"
+        )
+
+
+_SAVE_IT = (
+    "Pass a checkpoint folder instead: train the model (opencir train) or save it "
+    "(model.save(DIR)) and pass DIR"
+)
 
 
 # --------------------------------------------------------------------------- planning

@@ -31,8 +31,16 @@ def canonical_spec(spec: str | Path) -> str:
 
 def names_random_weights(spec: str | Path) -> bool:
     """Whether ``spec`` is a bare registered name, whose weights are drawn anew on every load."""
+    from opencir.models.registry import split_name
+
     text = str(spec)
-    return "@" not in text and not Path(text).expanduser().is_dir()
+    if "@" in text or Path(text).expanduser().is_dir():
+        return False
+    try:
+        split_name(text)
+    except ValueError:
+        return False  # a checkpoint named another way (a Hub repo id, ...)
+    return True
 
 
 def resolve_model(spec: str | Path) -> CIRModel:
