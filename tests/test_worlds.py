@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from collections import Counter
@@ -114,6 +115,15 @@ def test_rerun_is_noop_and_other_args_refuse(tmp_path: Path) -> None:
     (tmp_path / "user" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a world folder"):
         generate_shapes_world(tmp_path / "user", overwrite=True, **SMALL_SHAPES)
+
+
+def test_a_world_folder_gets_the_usual_mode(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        generate_shapes_world(tmp_path / "w", **SMALL_SHAPES)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "w").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0o700
 
 
 def test_too_few_images_for_queries(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -34,7 +33,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from opencir.atomic import swap_in
+from opencir.atomic import staging_dir, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +306,7 @@ def build_world(
     root.parent.mkdir(parents=True, exist_ok=True)
     for stale in root.parent.glob(f".{root.name}.partial-*"):
         log.warning("%s is left over from an interrupted run; safe to delete", stale)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    tmp = staging_dir(root.parent, f".{root.name}.partial-")
     try:
         writer = WorldWriter(tmp, workers=workers, progress=progress)
         populate(writer)
