@@ -85,6 +85,12 @@ def test_manifest_row_naming_a_fifo_fails_to_load(tmp_path: Path) -> None:
     assert error.value.reason == "not_a_file"
 
 
+def test_a_manifest_that_is_not_utf8_is_refused_by_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_bytes(b'{"id": "a", "file": "a.png"}\n{"id": "b\xff"}\n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2: not valid UTF-8"):
+        open_collection(tmp_path / "rows.jsonl").keys()
+
+
 def test_webdataset_members_with_non_utf8_names_are_skipped(tmp_path: Path, caplog) -> None:
     image = png_bytes(shape_image("red", "circle"))
     make_shard(tmp_path / "s.tar", {"good.png": image, f"{NON_UTF8_NAME[:-4]}.png": image})

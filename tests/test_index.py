@@ -361,6 +361,13 @@ def test_build_skips_fifos_and_non_utf8_names_with_a_warning(tmp_path: Path, cap
     index.close()
 
 
+def test_a_list_naming_a_non_utf8_path_is_refused_by_file_and_line(tmp_path: Path) -> None:
+    solid_images(tmp_path / "g", 1)
+    (tmp_path / "list.txt").write_bytes(b"g/c0000.png\ng/bad\xff.png\n")
+    with pytest.raises(ValueError, match=r"list\.txt:2: not valid UTF-8 \(byte 0xff"):
+        build_index(FakeRetriever(), tmp_path / "list.txt", tmp_path / "idx", FAST)
+
+
 def test_a_second_writer_of_one_index_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     solid_images(tmp_path / "imgs", 12)
     embedding, release = threading.Event(), threading.Event()

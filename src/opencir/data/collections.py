@@ -36,6 +36,7 @@ from opencir.data.images import (
     listable_image_file,
     load_image,
     open_regular_file,
+    utf8_lines,
     valid_text_name,
 )
 
@@ -371,14 +372,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         except ImportError as error:
             raise ImportError("reading Parquet needs pyarrow: pip install pyarrow") from error
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+    lines = list(utf8_lines(path))
     if path.suffix == ".json":
-        data = json.loads(text)
+        data = json.loads("".join(line for _, line in lines))
         if not isinstance(data, list):
             raise ValueError(f"{path}: a .json manifest must hold a list of rows")
         return data
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in lines:
         if line.strip():
             try:
                 rows.append(json.loads(line))

@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,6 +46,21 @@ def valid_text_name(name: str | Path) -> bool:
         log.warning("skipping %r: its name is not valid UTF-8 (rename the file)", os.fsencode(name))
         return False
     return True
+
+
+def utf8_lines(list_file: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a list or manifest; bytes that are not UTF-8 are refused
+    with a :class:`ValueError` naming the file and line (an undecodable path inside, often).
+    """
+    with list_file.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{list_file}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at "
+                    f"column {error.start + 1}); lists and manifests must be UTF-8 text"
+                ) from error
 
 
 def listable_image_file(path: Path) -> bool:

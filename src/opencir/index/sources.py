@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opencir.data.images import listable_image_file
+from opencir.data.images import listable_image_file, utf8_lines
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
@@ -73,19 +73,17 @@ def _iter_folder(root: Path) -> Iterator[ImageSource]:
 
 def _iter_text(list_file: Path) -> Iterator[ImageSource]:
     base = list_file.resolve().parent
-    with list_file.open(encoding="utf-8") as handle:
-        for line in handle:
-            entry = line.strip()
-            if entry and not entry.startswith("#"):
-                yield ImageSource(entry, (base / entry).resolve())
+    for _, line in utf8_lines(list_file):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            yield ImageSource(entry, (base / entry).resolve())
 
 
 def _iter_jsonl(list_file: Path) -> Iterator[ImageSource]:
     base = list_file.resolve().parent
-    with list_file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield _jsonl_record(line, base, f"{list_file}:{number}")
+    for number, line in utf8_lines(list_file):
+        if line.strip():
+            yield _jsonl_record(line, base, f"{list_file}:{number}")
 
 
 def _jsonl_record(line: str, base: Path, where: str) -> ImageSource:
