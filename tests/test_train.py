@@ -14,7 +14,6 @@ import torch
 import opencir
 from opencir.data.collections import CollectionSpec
 from opencir.data.triplets import Triplet, write_manifest, write_triplets
-from opencir.data.worlds import generate_shapes_world
 from opencir.train import (
     DataConfig,
     OptimConfig,
@@ -26,15 +25,6 @@ from opencir.train import (
 from opencir.train.config import load_recipe
 from opencir.train.data import MixtureSampler
 from opencir.train.loop import lr_factor
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world") / "shapes"
-    generate_shapes_world(
-        root, n_train=40, n_test=40, n_queries=6, image_size=32, progress=False, n_val_queries=4
-    )
-    return root
 
 
 def _triplets(world: Path, folder: Path, texts: str = "make it {}") -> Path:
@@ -205,3 +195,36 @@ def test_reference_negatives_add_the_references_to_the_loss(tmp_path: Path) -> N
     with_refs = task.loss(outputs, DistContext())
     without = task.loss(outputs[:2], DistContext())
     assert with_refs > without  # the softmax runs over 2B candidates instead of B
+
+
+@pytest.mark.parametrize(
+    ("stage", "model"), [("cir", "instructcir-tiny"), ("pretrain", "sum-tiny")]
+)
+def test_grad_accum_gives_the_update_of_the_whole_batch(world, tmp_path, stage, model) -> None:
+    """2 micro-batches of 4 give the update of 1 batch of 8, in-batch negatives included.
+
+    The in-batch contrastive loss of 8 examples is not the mean of two losses over 4 (each
+    query would meet 4 candidates instead of 8): the trainer caches the micro-batches'
+    embeddings, takes the loss over all of them and backpropagates it micro-batch by
+    micro-batch, so the logged loss and the weights are those of the whole batch.
+    """
+    if stage == "cir":  # + the references as negatives: three gathered embeddings per example
+        data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+        extra = {"reference_negatives": True, "model_overrides": {"ema_momentum": 0.5}}
+    else:  # the CLIP loss also trains its own parameter, the logit scale
+        data, extra = DataConfig(pairs=str(world / "images.jsonl")), {}
+    # AdamW divides by sqrt(v) + eps: at eps=1e-6 it turns float32 rounding in near-zero
+    # gradient entries (4+4 and 8 rows sum in another order) into updates of ±lr; a larger
+    # eps keeps this a test of the gradients, which agree to about 1e-6
+    optim = OptimConfig(lr=1e-3, warmup_steps=1, eps=1e-3)
+    base = _config(tmp_path, stage=stage, model=model, steps=3, batch_size=8, data=data,
+                   optim=optim, **extra)  # fmt: skip
+    split = {
+        n: dataclasses.replace(base, grad_accum=n, out_dir=str(tmp_path / f"a{n}")) for n in (1, 2)
+    }
+    runs = [train(config, progress=False) for config in split.values()]
+    torch.testing.assert_close(runs[1].losses, runs[0].losses, rtol=1e-5, atol=1e-6)
+    whole, accumulated = (opencir.load(run.final).state_dict() for run in runs)
+    assert set(whole) == set(accumulated)
+    for name, value in whole.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=0, atol=1e-5, msg=name)

@@ -1,20 +1,42 @@
-"""A 2-process gloo DDP step gives the single-process gradients of the combined batch."""
+"""DDP on N processes trains exactly what one process trains on the same global batch.
+
+A 2-process gloo DDP step gives the single-process gradients of the combined batch;
+``torchrun`` runs through the real entry point give the single-process weights, across a
+resume and a change of world size; bad splits are refused before anything can hang; the
+GPU of each rank is checked with ``torch.cuda`` mocked (no GPU here).
+"""
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from torch import nn
 
-from opencir.train.config import MLLMTrainConfig, TrainConfig
-from opencir.train.distributed import DistContext
+import opencir
+from opencir.train import train
+from opencir.train.checkpointing import rng_state, set_rng_state
+from opencir.train.config import MLLMTrainConfig, TrainConfig, load_recipe
+from opencir.train.data import MixtureSampler
+from opencir.train.distributed import (
+    DistContext,
+    ddp_device_ids,
+    per_rank_batch,
+    resolve_device,
+)
 from opencir.train.tasks import StepModule, make_task
 
 BATCH = 6
@@ -126,3 +148,128 @@ def test_two_process_ddp_matches_single_process(case: str, tmp_path) -> None:
     assert set(got) == set(expected) and len(expected) > 10
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6)
+
+
+# --- through the real entry point: torchrun -m opencir.cli train --------------------------
+
+
+def _recipe(world: Path, folder: Path) -> Path:
+    """CLIP-loss pretraining (gathered in-batch negatives + a learned logit scale), no dropout."""
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "pretrain",
+                "model": "sum-tiny",
+                "out_dir": str(folder / "unset"),
+                "steps": 3,
+                "batch_size": 8,
+                "device": "cpu",
+                "checkpoint_every": 1,
+                "log_every": 1,
+                "tensorboard": False,
+                "optim": {"lr": 1e-3, "warmup_steps": 1, "eps": 1e-3},  # see test_train.py
+                "data": {"pairs": str(world / "images.jsonl")},
+            }
+        )
+    )
+    return recipe
+
+
+def _torchrun(args: list[str], limit_s: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m opencir.cli train ARGS`` on CPU (gloo, loopback)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "opencir.cli", "train", "--no-progress", *args]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,  # so that a stalled run is killed with all its ranks
+    ) as process:  # fmt: skip
+        try:
+            output, _ = process.communicate(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            pytest.fail(f"torchrun {args} ran past {limit_s} s (hung?):\n{output[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+def _max_weight_difference(a: Path, b: Path) -> float:
+    first, second = opencir.load(a).state_dict(), opencir.load(b).state_dict()
+    assert set(first) == set(second)
+    return max((first[k].float() - second[k].float()).abs().max().item() for k in first)
+
+
+def test_torchrun_matches_one_process_across_resumes(world, tmp_path, caplog) -> None:
+    """Global batch 8 as 2 ranks × 2 micro-batches of 2 gives one process's batch-8 weights.
+
+    The 2-rank run stops after step 1 and resumes on 2 ranks to step 2 (each rank takes back
+    its own RNG state), then a single process resumes it to step 3: another world size, so
+    the RNG is re-seeded with a warning, while the data order, a function of the step
+    alone, stays that of the uninterrupted single-process run it is compared with.
+    """
+    recipe = _recipe(world, tmp_path)
+    single = train(load_recipe(recipe, [f"out_dir={tmp_path / 'single'}"]), progress=False)
+    split = [f"out_dir={tmp_path / 'split'}", "grad_accum=2"]
+    for extra in (["--stop-at", "1"], ["--resume", "latest", "--stop-at", "2"]):
+        run = _torchrun(["--recipe", str(recipe), *split, *extra])
+        assert run.returncode == 0, run.stdout[-8000:]
+    assert "resumed from" in run.stdout and "re-seeded" not in run.stdout
+    with caplog.at_level(logging.WARNING, logger="opencir.train.loop"):
+        resumed = train(load_recipe(recipe, split), resume="latest", progress=False)
+    assert "written by 2 rank(s) and resumes on 1" in caplog.text
+    assert resumed.steps_done == 3 and len(resumed.losses) == 1
+    assert _max_weight_difference(single.final, resumed.final) <= 1e-4
+    with (tmp_path / "split" / "metrics.csv").open() as handle:  # the mean over the ranks
+        logged = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert logged == pytest.approx(single.losses, abs=1e-4)
+
+
+def test_torchrun_refuses_a_batch_the_ranks_cannot_share(world, tmp_path) -> None:
+    run = _torchrun(
+        ["--recipe", str(_recipe(world, tmp_path)), f"out_dir={tmp_path}", "batch_size=7"],
+        limit_s=120,
+    )
+    assert run.returncode != 0
+    assert "batch_size=7 is not divisible by the 2 ranks" in run.stdout
+
+
+def test_per_rank_batch_is_one_split_for_sampler_loader_and_loss() -> None:
+    assert per_rank_batch(16, 2, grad_accum=2) == 4
+    with pytest.raises(
+        ValueError, match=r"batch_size=8 is not divisible by the 2 ranks × grad_accum=3"
+    ):
+        per_rank_batch(8, 2, grad_accum=3)
+    with pytest.raises(ValueError, match=r"batch_size=7 is not divisible by the 2 ranks"):
+        MixtureSampler(20, 0, batch_size=7, ratio=0.0, seed=0, total_batches=2, rank=1, world=2)
+    shares = [list(MixtureSampler(20, 0, 6, 0.0, 0, 2, rank=r, world=3)) for r in range(3)]
+    assert [len(share) for share in shares] == [4, 4, 4]  # 2 batches × 6 / 3 ranks
+    assert DistContext(rank=2, world_size=3).row_offset(4) == 8
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_rank_r_trains_on_gpu_r(rank: int, monkeypatch) -> None:
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    for name in ("auto", "cuda"):
+        device = resolve_device(name)
+        assert device == torch.device("cuda", rank) and current[-1] == device
+        assert ddp_device_ids(device) == [rank]
+    assert resolve_device("cpu") == torch.device("cpu") and len(current) == 2
+    assert ddp_device_ids(torch.device("cpu")) is None
+
+
+def test_rng_state_holds_the_own_gpu_of_the_rank_only(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.tensor([7]))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("read every GPU"))
+    restored: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, *a, **k: restored.append(state))
+    state = rng_state()
+    assert state["cuda"].tolist() == [7]
+    set_rng_state(state)
+    set_rng_state({**state, "cuda": [torch.tensor([1]), torch.tensor([2])]})  # one per GPU
+    assert [t.tolist() for t in restored] == [[7], [2]]

@@ -72,7 +72,7 @@ def test_trainer_step_equals_clip_adamw_ema_done_by_hand(tmp_path: Path) -> None
     trainer = _trainer(tmp_path)
     model, config = trainer.model, trainer.config
     names = {id(p): n for n, p in model.named_parameters()}
-    trainer._micro_step(_batch(trainer), sync=True)
+    trainer._backward([_batch(trainer)])
     # the reference: copies of the trained weights with their gradients, updated the plain way
     copies = [nn.Parameter(p.detach().clone()) for p in trainer.params]
     for copy_, p in zip(copies, trainer.params, strict=True):

@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train from a recipe. Overrides are key=value pairs (YAML values), e.g. "
             "steps=200 optim.lr=3e-4 data.labelled_ratio=0.25 model_overrides.ema=false. "
-            "Multi-GPU/CPU: torchrun --nproc-per-node N -m opencir.cli train ..."
+            "Multi-GPU/CPU: torchrun --nproc-per-node N -m opencir.cli train ...; batch_size "
+            "is the global batch of one optimizer step, split over the N ranks and grad_accum "
+            "micro-batches (it must divide evenly)."
         ),
     )
     parser.add_argument("--recipe", required=True, help="YAML recipe file")

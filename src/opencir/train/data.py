@@ -7,7 +7,6 @@ pure function of ``(seed, step)``, which is what makes ``--resume`` reproduce th
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+
+from opencir.train.distributed import per_rank_batch
 
 ImageLoader = Callable[[str], Image.Image]
 
@@ -74,9 +75,10 @@ class MixtureSampler(Sampler[int]):
     """Deterministic, resumable batches over ``[generated..., labelled...]`` concatenated.
 
     Each global batch takes ``round(ratio·B)`` labelled and the rest generated examples,
-    each source cycling through its own seeded permutation epoch after epoch. ``start_step``
+    each source cycling through its own seeded permutation epoch after epoch. ``start_batch``
     skips batches already consumed, so a resumed run sees exactly the same batches.
-    The examples of a global batch are split across ranks by ``rank::world``.
+    The examples of a global batch are split across ranks by ``rank::world``, an equal
+    share each (:func:`~opencir.train.distributed.per_rank_batch`), whatever ``world`` is.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class MixtureSampler(Sampler[int]):
         self.batch_size, self.seed = batch_size, seed
         self.total, self.start = total_batches, start_batch
         self.rank, self.world = rank, world
+        self.per_rank = per_rank_batch(batch_size, world)
 
     def _stream(self, source: int, per_batch: int, offset: int) -> Iterator[int]:
         """Indices of one source, consumed ``per_batch`` per batch, from batch ``self.start``."""
@@ -124,7 +127,7 @@ class MixtureSampler(Sampler[int]):
             yield from batch[self.rank :: self.world]
 
     def __len__(self) -> int:
-        return (self.total - self.start) * math.ceil(self.batch_size / self.world)
+        return (self.total - self.start) * self.per_rank
 
 
 class Collate:

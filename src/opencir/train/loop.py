@@ -32,7 +32,16 @@ from opencir.train.checkpointing import (
 )
 from opencir.train.config import TrainConfig
 from opencir.train.data import Collate, MixtureSampler, move_to
-from opencir.train.distributed import DistContext, init_distributed, shutdown
+from opencir.train.distributed import (
+    DistContext,
+    ddp_device_ids,
+    init_distributed,
+    launched_world_size,
+    mean_over_ranks,
+    per_rank_batch,
+    resolve_device,
+    shutdown,
+)
 from opencir.train.sources import build_dataset
 from opencir.train.tasks import StepModule, Task, make_task
 
@@ -51,18 +60,25 @@ class TrainResult:
     steps_done: int
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
     """fp32 on CPU; bf16 autocast on GPU (``precision: auto``)."""
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _split(grad: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor | None]:
+    return list(grad.split(sizes)) if grad is not None else [None] * len(sizes)
+
+
+def _dot(tensors: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor | None, ...]) -> Any:
+    """Σ ⟨tensor, grad⟩: backpropagating it sends each ``grad`` into its tensor's graph."""
+    return sum(
+        (t.float() * g).sum()
+        for t, g in zip(tensors, grads, strict=True)
+        if g is not None and t.requires_grad
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -172,6 +188,10 @@ class Trainer:
         self.config = config
         self.out_dir = Path(config.out_dir)
         self.device = resolve_device(config.device)
+        # checked on every rank before the process group exists: nothing can hang on it
+        self.local_batch = per_rank_batch(
+            config.batch_size, launched_world_size(), config.grad_accum
+        )
         self.ctx: DistContext = init_distributed(self.device)
         _seed_everything(config.seed + self.ctx.rank)
         self.task: Task = make_task(config)
@@ -205,8 +225,7 @@ class Trainer:
     def _wrap(self, module: nn.Module) -> nn.Module:
         if not self.ctx.enabled:
             return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return nn.parallel.DistributedDataParallel(module, device_ids=ddp_device_ids(self.device))
 
     def _resume(self, which: str) -> None:
         path, state = resume_training_checkpoint(
@@ -214,31 +233,50 @@ class Trainer:
         )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"][min(self.ctx.rank, len(state["rng"]) - 1)])
         self.step = state["step"]
+        self._restore_rng(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
+        """Rank r takes the state rank r saved; on another world size every rank re-seeds.
+
+        Data order does not depend on the world size, so such a resume sees the same batches;
+        only random draws inside the model (dropout) differ from an unbroken run.
+        """
+        rank, world = self.ctx.rank, self.ctx.world_size
+        if len(states) == world:
+            set_rng_state(states[rank])
+            return
+        if self.ctx.is_main:
+            log.warning(
+                "the checkpoint was written by %d rank(s) and resumes on %d: every rank's RNG "
+                "is re-seeded from (seed, step, rank), so dropout masks differ from an "
+                "uninterrupted run (the data order does not)",
+                len(states),
+                world,
+            )
+        _seed_everything(random.Random(f"{self.config.seed}-{self.step}-{rank}").getrandbits(32))
 
     def _loader(self) -> Iterator[dict[str, Any]]:
         config, ctx = self.config, self.ctx
         dataset, n_generated, n_labelled = build_dataset(config)
-        micro_batches = config.steps * config.grad_accum
+        # one global batch per optimizer step; this rank's share comes in grad_accum pieces
         sampler = MixtureSampler(
             n_generated,
             n_labelled,
             config.batch_size,
             config.data.labelled_ratio,
             config.seed,
-            total_batches=micro_batches,
-            start_batch=self.step * config.grad_accum,
+            total_batches=config.steps,
+            start_batch=self.step,
             rank=ctx.rank,
             world=ctx.world_size,
         )
         collate = Collate(self.model.image_preprocessor(), self.task.text_tokenizer())
-        per_rank = math.ceil(config.batch_size / ctx.world_size)
         return iter(
             DataLoader(
                 dataset,
-                batch_size=per_rank,
+                batch_size=self.local_batch,
                 sampler=sampler,
                 collate_fn=collate,
                 num_workers=config.data.workers,
@@ -250,25 +288,76 @@ class Trainer:
             )
         )
 
-    def _micro_step(self, batch: dict[str, Any], sync: bool) -> float:
-        no_sync = getattr(self.step_module, "no_sync", None)
-        context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
-        with context, _autocast(self.config, self.device):
-            outputs = self.step_module(move_to(batch, self.device))
-            loss = self.task.loss(tuple(o.float() for o in outputs), self.ctx)
+    def _loss(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        loss = self.task.loss(tuple(o.float() for o in outputs), self.ctx)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr, "
                 f"a larger temperature, or resume from an earlier checkpoint in "
                 f"{self.out_dir / 'checkpoints'}"
             )
-        (loss / self.config.grad_accum).backward()
+        return loss
+
+    def _backward(self, batches: list[dict[str, Any]]) -> float:
+        """Gradients of the loss over this step's whole batch; returns that loss."""
+        if len(batches) > 1:
+            return self._backward_cached(batches)
+        with _autocast(self.config, self.device):
+            loss = self._loss(self.step_module(batches[0]))
+        loss.backward()
         return loss.item()
+
+    def _backward_cached(self, batches: list[dict[str, Any]]) -> float:
+        """Gradient accumulation that keeps the full-batch loss (the GradCache method).
+
+        An in-batch contrastive loss couples every example with every other, so a sum of
+        per-micro-batch losses would be another (smaller-batch) objective. Instead: embed
+        every micro-batch without a graph, take the loss over all the embeddings and its
+        gradient w.r.t. them (and w.r.t. parameters the loss uses itself, like a logit
+        scale), then re-run each micro-batch with a graph, under the RNG state of its first
+        pass (same dropout), and backpropagate the cached gradients. The gradients equal
+        those of one batch of the whole size; memory is one micro-batch's graph, the price
+        one extra forward per micro-batch.
+        """
+        states, parts = self._embed_without_graph(batches)
+        embeddings = tuple(torch.cat(col).requires_grad_() for col in zip(*parts, strict=True))
+        with _autocast(self.config, self.device):
+            loss = self._loss(embeddings)
+        grads = torch.autograd.grad(loss, [*embeddings, *self.params], allow_unused=True)
+        sizes = [len(part[0]) for part in parts]
+        per_batch = zip(*(_split(g, sizes) for g in grads[: len(embeddings)]), strict=True)
+        for i, (batch, state, cached) in enumerate(zip(batches, states, per_batch, strict=True)):
+            last = i == len(batches) - 1
+            set_rng_state(state)
+            with self._gradient_sync(last), _autocast(self.config, self.device):
+                surrogate = _dot(self.step_module(batch), cached)
+                if last:  # parameters the loss uses itself: once, in the synchronising pass
+                    surrogate = surrogate + _dot(tuple(self.params), grads[len(embeddings) :])
+            surrogate.backward()
+        return loss.item()
+
+    def _embed_without_graph(self, batches: list[dict[str, Any]]) -> tuple[list, list]:
+        """Each micro-batch's embeddings (fp32, no graph) and the RNG state it started from."""
+        states, parts = [], []
+        with torch.no_grad(), _autocast(self.config, self.device):
+            for batch in batches:
+                states.append(rng_state())
+                parts.append(tuple(o.float() for o in self.task.embeddings(batch)))
+        return states, parts
+
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP averages gradients only in the last backward of a step."""
+        no_sync = getattr(self.step_module, "no_sync", None)
+        return no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
         if self.config.optim.grad_clip:
             clip_gradients(self.params, self.config.optim.grad_clip, self.optimizer)
         self.optimizer.step()
+        # Fused AdamW writes the weights in place without bumping their version counters;
+        # caches keyed on (storage, version), like the models' packed oneDNN weights for
+        # no-grad forwards, would keep serving the weights of before this step.
+        torch.autograd.graph.increment_version(self.params)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step()
@@ -321,16 +410,11 @@ class Trainer:
         started, samples = time.perf_counter(), 0
         try:
             while self.step < end:
-                loss = (
-                    sum(
-                        self._micro_step(next(batches), sync=i == config.grad_accum - 1)
-                        for i in range(config.grad_accum)
-                    )
-                    / config.grad_accum
-                )
+                micro = [move_to(next(batches), self.device) for _ in range(config.grad_accum)]
+                loss = mean_over_ranks(self._backward(micro), self.ctx)
                 self._optimizer_step()
                 losses.append(loss)
-                samples += config.batch_size * config.grad_accum
+                samples += config.batch_size
                 rate = samples / max(1e-9, time.perf_counter() - started)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")

@@ -75,7 +75,7 @@ class JointEmbeddingTask(MLLMStage):
 
     def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
         images, texts = outputs
-        offset = ctx.rank * images.shape[0]
+        offset = ctx.row_offset(images.shape[0])
         all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
         temperature = self.config.temperature
         image_to_text = batch_contrastive_loss(images, all_texts, temperature, offset)

@@ -128,7 +128,7 @@ class PretrainTask(Task):
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
         images, texts = outputs
-        offset = ctx.rank * images.shape[0]
+        offset = ctx.row_offset(images.shape[0])
         all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
         scale = self.model.tower.hf.logit_scale
         return clip_loss(images, texts, all_images, all_texts, scale, offset)
@@ -187,7 +187,7 @@ class CIRTask(Task):
         """Eq. 2 over the gathered targets (+ every reference image as an extra negative)."""
         queries, *candidates = outputs
         all_candidates = torch.cat([gather_with_grad(c, ctx) for c in candidates])
-        offset = ctx.rank * queries.shape[0]
+        offset = ctx.row_offset(queries.shape[0])
         return batch_contrastive_loss(queries, all_candidates, self.config.temperature, offset)
 
     def after_step(self) -> None:
