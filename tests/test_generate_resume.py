@@ -219,3 +219,20 @@ def test_a_retried_shard_keeps_its_finished_pairs(tmp_path: Path) -> None:
         assert server.count() - before == first_run + 4  # the 16 answers were not asked again
         assert _snapshot(out) == expected
         _check_shards(out)
+
+
+def test_cli_rerun_with_the_corrected_endpoint_fills_in_the_lost_pairs(tmp_path: Path) -> None:
+    world = make_world(tmp_path / "world", n_train=6, n_test=0)
+    out = tmp_path / "out"
+    common = ["generate", "--images", str(world), "--out", str(out), "--pairs", "8"]
+    common += ["--captioner", "sidecar", "--writer", "llm", "--writer-model", "fake"]
+    common += ["--max-retries", "0", "--concurrency", "2", "--no-progress"]
+    assert main([*common, "--endpoint", _closed_port_url()]) == 1  # a typo: nothing produced
+    with FakeLLMServer() as server:
+        assert main([*common, "--endpoint", server.url, "--no-retry-failed"]) == 1
+        assert server.count() == 0
+        assert main([*common, "--endpoint", server.url]) == 0
+        assert server.count() == 8
+    triplets = read_triplets(out)
+    assert len(triplets) == 8 and len({t.id for t in triplets}) == 8
+    assert (out / "failures.jsonl").read_text() == ""
