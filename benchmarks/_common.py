@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -31,13 +32,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def load_average() -> str:
+    """The 1-minute load average from ``/proc/loadavg`` ("unknown" where there is none).
+
+    Printed with every figure: on a shared machine it says how quiet the run was.
+    """
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def machine_report() -> str:
-    """One block naming the CPU, the torch build and its thread count."""
+    """One block naming the CPU, the torch build, its thread count and the current load."""
     return (
         f"CPU model: {cpu_model()}\n"
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}\n"
+        f"load average (1 min, /proc/loadavg): {load_average()}"
     )
 
 

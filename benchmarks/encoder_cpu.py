@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     flop_counter,
     interleaved_times,
+    load_average,
     machine_report,
     matmul_gflops_fn,
     median_ratio,
@@ -95,6 +96,7 @@ def report(times: dict[str, list[float]], flops: dict[str, float]) -> None:
             print(f"GFLOP/s {name:6s} / {reference:6s} GFLOP/s   {per_round:.3f}   goal >= 0.8")
     hf_ratio = median_ratio(times["plain"], times["hf_plain"])
     print(f"time  ours plain / HF plain       {hf_ratio:.3f}")
+    print(f"load average (1 min) at the end   {load_average()}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@ Builds (or reuses) a real flat index over N random unit vectors (through the lib
 assembly step, see ``index_synthetic.py``), then times, interleaved round by round:
 
 * numpy: ``queries @ vectors.T``, ``argpartition`` and a sort of the top k, on an in-RAM copy;
-* ours: ``GalleryIndex.search`` (int8-bounded exact search plus the item lookups);
+* ours: ``GalleryIndex.search`` (int8-bounded exact search, or a float32 scan for batches
+  that would leave many rows to rescore, plus the item lookups);
 * FAISS's flat search of the same index with its default settings and with the library's.
 
 It also sweeps FAISS's BLAS block size, the setting the library changes. Every ratio printed
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_times, machine_report, median_ratio
+from _common import interleaved_times, load_average, machine_report, median_ratio
 from index_synthetic import assemble_index, uniform_unit
 
 from opencir.index import BuildConfig, GalleryIndex
@@ -101,7 +102,7 @@ def compare(index: GalleryIndex, vectors: np.ndarray, queries: np.ndarray, k: in
         f"queries={len(queries):4d} k={k:3d}  numpy {ms['numpy']:8.1f} ms | ours "
         f"{ms['ours']:7.1f} ms ratio {ratios['ours']:.3f} | faiss default ratio "
         f"{ratios['faiss_default']:.3f} | faiss tuned ratio {ratios['faiss_tuned']:.3f} | "
-        f"rankings identical to numpy: {same}"
+        f"rankings identical to numpy: {same} | load {load_average()}"
     )
     return ratios
 
@@ -120,7 +121,7 @@ def sweep_faiss_blocks(index: GalleryIndex, queries: np.ndarray, k: int, rounds:
         }
         times = interleaved_times(fns, rounds)
         line = ", ".join(f"{n} {1e3 * statistics.median(t):.0f} ms" for n, t in times.items())
-        print(f"  FAISS flat, {nq} queries, k={k}: {line}")
+        print(f"  FAISS flat, {nq} queries, k={k}: {line} (load {load_average()})")
 
 
 def main() -> None:

@@ -67,6 +67,70 @@ def test_int8_scores_stay_within_the_bound_used_to_prune(queries: int) -> None:
     assert (error.max(axis=1) > window / 200).all(), "the bound is not vacuous"
 
 
+SCANS = {"int8": True, "float32": False}  # whether a batch scans in int8
+
+
+@pytest.mark.parametrize("scan", SCANS)
+@pytest.mark.parametrize("make", [_unit, _clustered])
+@pytest.mark.parametrize("k", [10, 50])
+def test_both_batch_scans_rank_like_numpy_brute_force(monkeypatch, scan: str, make, k: int):
+    monkeypatch.setattr(ExactSearch, "_int8_pays", lambda *_: SCANS[scan])
+    rng = np.random.default_rng(k)
+    vectors, query = make(rng, 20_000, 64), _unit(rng, 30, 64)
+    scores, ids = _searcher(vectors).search(query, k)
+    np.testing.assert_array_equal(ids, _numpy_top_k(vectors, query, k))
+    expected = np.take_along_axis(query @ vectors.T, ids, axis=1)
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_both_batch_scans_rank_equal_scores_by_row(monkeypatch, scan: str) -> None:
+    """Copies of a vector score the same; the earlier row comes first, as a stable sort."""
+    monkeypatch.setattr(ExactSearch, "_int8_pays", lambda *_: SCANS[scan])
+    rng = np.random.default_rng(11)
+    distinct, query = _unit(rng, 400, 32), _unit(rng, 12, 32)
+    copy_of = rng.permutation(np.repeat(np.arange(400), 5))
+    true = (query.astype(np.float64) @ distinct.T.astype(np.float64))[:, copy_of]
+    expected = np.argsort(-true, axis=1, kind="stable")[:, :30]
+    _, ids = _searcher(distinct[copy_of]).search(query, 30)
+    np.testing.assert_array_equal(ids, expected)
+
+
+def test_a_batch_scans_in_float32_only_when_int8_would_leave_many_rows(monkeypatch) -> None:
+    rng = np.random.default_rng(2)
+    search, query = _searcher(_unit(rng, 60_000, 64)), _unit(rng, 30, 64)
+    float_scans = []
+    original = ExactSearch._float_scorer
+    monkeypatch.setattr(
+        ExactSearch, "_float_scorer", lambda self, q: float_scans.append(1) or original(self, q)
+    )
+    search.search(query, 10)  # ~0.1% of the rows left to rerank: int8
+    assert float_scans == []
+    search.search(query, 200)  # ~0.8%: float32
+    assert float_scans == [1]
+    _searcher(_unit(rng, 20_000, 64)).search(query, 10)  # small gallery: no probe, float32
+    assert float_scans == [1, 1]
+
+
+@pytest.mark.parametrize("make", [_unit, _clustered])
+def test_rerank_share_estimate_is_close_to_the_rows_int8_leaves(monkeypatch, make) -> None:
+    monkeypatch.setattr(ExactSearch, "_int8_pays", lambda *_: True)
+    rng = np.random.default_rng(3)
+    search, query = _searcher(make(rng, 60_000, 64)), _unit(rng, 30, 64)
+    _, window, unit = search._scorer(query)
+    for k in (10, 50, 200):
+        left = np.mean([len(rows) for rows in search._candidates(query, k)]) / 60_000
+        assert left / 1.5 <= search._rerank_share(query, window / unit, k) <= left * 1.5
+
+
+def test_float32_scores_stay_within_the_window_used_to_prune() -> None:
+    rng = np.random.default_rng(9)
+    vectors, query = _clustered(rng, 5_000, 96), _unit(rng, 40, 96)
+    score, window, _ = _searcher(vectors)._float_scorer(query)
+    true = query.astype(np.float64) @ vectors.T.astype(np.float64)
+    assert (np.abs(score(0, len(vectors)).numpy() - true) <= window[:, None] / 4).all()
+
+
 def test_exact_search_pads_when_the_gallery_is_smaller_than_k() -> None:
     vectors = _unit(np.random.default_rng(0), 5, 16)
     scores, ids = _searcher(vectors, np.array([3, 8, 9, 12, 40])).search(vectors[:2], 8)

@@ -8,11 +8,15 @@ query), and for each query the largest possible gap between the int8 score and t
 is bounded (Cauchy-Schwarz on the quantization errors). Any row whose int8 score is more than
 twice that bound below the k-th best int8 score cannot be in the true top k; the rest are
 rescored with the exact float32 vectors. The ranking is therefore the exact one.
+
+Rescoring costs far more per row than scanning, so a batch that the int8 window would leave
+with many rows to rescore is scanned in float32 instead, with a window of a few roundings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +29,14 @@ from opencir.index.manifest import CODES_FILE, CODES_INFO_FILE
 _BLOCK = 131_072  # gallery rows scored at a time by the batch kernel (bounded temporaries)
 _GEMV_BLOCK = 1 << 20  # one or a few queries: few kernel calls, each a parallel region
 _SPARE = 246  # extra rows kept per block and query beyond k
+_FLOAT_SPARE = 6  # the same for the float32 scan, whose window holds about k rows
 _SMALL_BATCH = 4  # up to this many queries use the int8-weight gemv kernel
 _KERNEL_SLACK = 2.0**-8  # bf16 output rounding of the gemv kernel is <= 2**-9 of the bound
 _FLOAT_SLACK = 2.0**-16  # float32 rounding of scaled int32 dot products
+_PROBE_ROWS = 8192  # gallery sample that estimates how many rows the int8 pass leaves
+_FLOAT_ONLY_ROWS = 4 * _PROBE_ROWS  # smaller galleries: no probe, the float32 scan
+_MAX_RERANK_SHARE = 0.003  # above this share of rows to rerank, batches score in float32
+_SHARE_GROWTH = 0.7  # rows left to rerank grow about as k**0.7
 
 
 def exact_kernels_available() -> bool:
@@ -124,17 +133,35 @@ class ExactSearch:
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         for q, rows in enumerate(candidates):
-            exact = self.vectors[rows] @ queries[q]
+            exact = _row_scores(self.vectors[rows], queries[q])
             order = np.argsort(-exact, kind="stable")[:k]
             scores[q, : len(order)] = exact[order]
             ids[q, : len(order)] = self.ids[rows[order]]
         return scores, ids
 
     def _candidates(self, queries: np.ndarray, k: int) -> list[np.ndarray]:
-        """Per query, the sorted rows whose true score may reach the true top k."""
-        score, window, _ = self._scorer(queries)
-        block = _GEMV_BLOCK if len(queries) <= _SMALL_BATCH else _BLOCK
-        return _select(score, len(self._codes), len(queries), k, window, block)
+        """Per query, the sorted rows whose true score may reach the true top k.
+
+        A batch takes the faster of two scans. The int8 scan reads a quarter of the bytes,
+        but its window leaves a share of the rows to rerank one query at a time, which
+        costs hundreds of times a row of a float32 matrix product; when that share is
+        large (small galleries, large k, dense data) the float32 scan wins.
+        """
+        total, count = len(self._codes), len(queries)
+        score, window, unit = self._scorer(queries)
+        if count <= _SMALL_BATCH:
+            return _select(score, total, count, k, window, _GEMV_BLOCK)
+        if self._int8_pays(queries, window / unit, k):
+            return _select(score, total, count, k, window, _BLOCK)
+        score, window, _ = self._float_scorer(queries)
+        return _select(score, total, count, k, window, _BLOCK, _FLOAT_SPARE)
+
+    def _int8_pays(self, queries: np.ndarray, window: np.ndarray, k: int) -> bool:
+        """Whether a batch scans faster in int8 than in float32: only when it leaves few
+        rows to rerank, and never on a gallery so small that the probe costs a scan."""
+        if len(self.vectors) <= _FLOAT_ONLY_ROWS:
+            return False
+        return self._rerank_share(queries, window, k) <= _MAX_RERANK_SHARE
 
     def _scorer(self, queries: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
         """A block scoring function, the selection window per query in the scores' units,
@@ -148,6 +175,39 @@ class ExactSearch:
         if len(queries) <= _SMALL_BATCH:
             return self._gemv_scorer(folded, norm)
         return self._int8_scorer(folded, norm)
+
+    def _rerank_share(self, queries: np.ndarray, window: np.ndarray, k: int) -> float:
+        """Estimated share of the gallery within ``window`` (true-score units) of each
+        query's k-th best score: what the int8 pass would leave to rerank.
+
+        Exact scores of an evenly strided sample of rows stand in for the gallery. When the
+        sample holds less than one row per k gallery rows, its best row stands for a larger
+        k, and the share is scaled down as it grows with k (as k**0.55 to k**0.8, measured).
+        """
+        total = len(self.vectors)
+        sample = self.vectors[:: max(1, total // _PROBE_ROWS)]
+        scores = queries @ sample.T
+        expected_rank = k * len(sample) / total
+        rank = min(len(sample), math.ceil(expected_rank))
+        kth = -np.partition(-scores, rank - 1, axis=1)[:, rank - 1]
+        share = float(np.mean(scores >= (kth - window)[:, None]))
+        return share * min(1.0, expected_rank) ** _SHARE_GROWTH
+
+    def _float_scorer(self, queries: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+        """float32 queries x float32 rows (BLAS): slower to scan than int8, but the window
+        is a few float32 roundings wide, so only about k rows per query are reranked."""
+        import torch
+
+        dim = queries.shape[1]
+        gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)  # float32 dot products, any order
+        row_norm = float(self.info.column_scale.max()) * self.info.max_code_norm + self._row_bound
+        norm = np.linalg.norm(queries.astype(np.float64), axis=1)
+
+        def score(start: int, stop: int) -> Any:
+            return torch.from_numpy(queries @ self.vectors[start:stop].T)
+
+        # the selection pass and the rerank may each be off by gamma * |q| * |row|
+        return score, 4 * gamma * norm * row_norm, np.ones(len(queries))
 
     def _bound(self, norm: np.ndarray, rounding: np.ndarray, extra: np.ndarray) -> np.ndarray:
         """Per query: max |true score - int8 score| over all rows (in true-score units)."""
@@ -187,19 +247,35 @@ class ExactSearch:
         return score, 2 * self._bound(norm, rounding, extra) / step, 1 / step
 
 
+def _row_scores(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """float32 inner products, each summed on its own in float64.
+
+    A BLAS product may round a row differently depending on where it sits in the matrix, so
+    copies of one vector could score a unit in the last place apart and leave the tie rule
+    (earlier row first) to chance; a per-row sum makes equal rows score equal.
+    """
+    return np.multiply(rows, query, dtype=np.float64).sum(axis=1).astype(np.float32)
+
+
 def _select(
-    score: Any, total: int, count: int, k: int, window: np.ndarray, block_rows: int
+    score: Any,
+    total: int,
+    count: int,
+    k: int,
+    window: np.ndarray,
+    block_rows: int,
+    spare: int = _SPARE,
 ) -> list[np.ndarray]:
     """Rows within ``window`` of each query's k-th best score, scanning blocks of rows.
 
-    Each block keeps its ``k + _SPARE`` best rows per query; a query whose block holds more
+    Each block keeps its ``k + spare`` best rows per query; a query whose block holds more
     rows within the window than that is scanned in full, and later blocks keep twice as many.
     """
     import torch
 
     best = np.full((count, k), -np.inf, np.float32)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    keep = k + _SPARE
+    keep = k + spare
     for start in range(0, total, block_rows):
         block = score(start, min(start + block_rows, total))
         values, cols = torch.topk(block, min(keep, block.shape[1]), dim=1)
