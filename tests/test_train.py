@@ -228,3 +228,41 @@ def test_grad_accum_gives_the_update_of_the_whole_batch(world, tmp_path, stage, 
     assert set(whole) == set(accumulated)
     for name, value in whole.items():
         torch.testing.assert_close(accumulated[name], value, rtol=0, atol=1e-5, msg=name)
+
+
+def test_grad_accum_reruns_each_micro_batch_with_its_own_dropout_masks(tmp_path) -> None:
+    """With dropout on, the gradients are those of the loss under the first pass's masks."""
+    from opencir.train.checkpointing import rng_state, set_rng_state
+    from opencir.train.distributed import DistContext
+    from opencir.train.loop import Trainer
+
+    trainer = Trainer(_config(tmp_path, batch_size=4, grad_accum=2))  # dual-tiny: BERT dropout
+    assert any(m.p > 0 for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout))
+    tokenize, generator = trainer.task.text_tokenizer(), torch.Generator().manual_seed(1)
+    batches = [
+        {
+            "reference": torch.randn(2, 3, 32, 32, generator=generator),
+            "target": torch.randn(2, 3, 32, 32, generator=generator),
+            "tokens": tokenize([f"make it {word}" for word in pair]),
+        }
+        for pair in (("red", "smaller"), ("round", "go left"))
+    ]
+    before = rng_state()
+    trainer._backward(batches)
+    accumulated = {
+        n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None
+    }
+    trainer.optimizer.zero_grad(set_to_none=True)
+    set_rng_state(before)  # the reference: both micro-batches in one graph, the same masks
+    parts = [trainer.task.embeddings(batch) for batch in batches]
+    trainer.task.loss(
+        tuple(torch.cat(c) for c in zip(*parts, strict=True)), DistContext()
+    ).backward()
+    assert accumulated.keys() == {
+        n for n, p in trainer.model.named_parameters() if p.grad is not None
+    }
+    for name, param in trainer.model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(
+                accumulated[name], param.grad, rtol=1e-4, atol=1e-6, msg=name
+            )

@@ -93,3 +93,18 @@ def test_trainer_step_equals_clip_adamw_ema_done_by_hand(tmp_path: Path) -> None
         before = dict(target_before.named_parameters())[name]
         expected = 0.9 * before + 0.1 * online[name] if online[name].requires_grad else before
         torch.testing.assert_close(value, expected)
+
+
+def test_no_grad_forwards_after_a_step_see_the_new_weights(tmp_path: Path) -> None:
+    """Fused AdamW does not bump version counters; the trainer does, for version-keyed caches."""
+    trainer = _trainer(tmp_path)
+    batch = _batch(trainer)
+    with torch.no_grad():
+        before = trainer.task.embeddings(batch)[0]  # fills the no-grad caches (packed weights)
+    trainer._backward([batch])
+    trainer._optimizer_step()
+    with torch.no_grad():
+        after = trainer.task.embeddings(batch)[0]
+    recomputed = trainer.task.embeddings(batch)[0].detach()  # with autograd: no cache
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, recomputed, rtol=1e-5, atol=1e-6)

@@ -312,14 +312,14 @@ class Trainer:
 
         An in-batch contrastive loss couples every example with every other, so a sum of
         per-micro-batch losses would be another (smaller-batch) objective. Instead: embed
-        every micro-batch without a graph, take the loss over all the embeddings and its
-        gradient w.r.t. them (and w.r.t. parameters the loss uses itself, like a logit
-        scale), then re-run each micro-batch with a graph, under the RNG state of its first
-        pass (same dropout), and backpropagate the cached gradients. The gradients equal
-        those of one batch of the whole size; memory is one micro-batch's graph, the price
-        one extra forward per micro-batch.
+        every micro-batch and keep only the embeddings, take the loss over all of them and
+        its gradient w.r.t. them (and w.r.t. parameters the loss uses itself, like a logit
+        scale), then re-run each micro-batch under the RNG state of its first pass (same
+        dropout masks) and backpropagate the cached gradients. The gradients equal those of
+        one batch of the whole size; memory is one micro-batch's graph, the price one extra
+        forward per micro-batch.
         """
-        states, parts = self._embed_without_graph(batches)
+        states, parts = self._first_pass(batches)
         embeddings = tuple(torch.cat(col).requires_grad_() for col in zip(*parts, strict=True))
         with _autocast(self.config, self.device):
             loss = self._loss(embeddings)
@@ -336,13 +336,18 @@ class Trainer:
             surrogate.backward()
         return loss.item()
 
-    def _embed_without_graph(self, batches: list[dict[str, Any]]) -> tuple[list, list]:
-        """Each micro-batch's embeddings (fp32, no graph) and the RNG state it started from."""
+    def _first_pass(self, batches: list[dict[str, Any]]) -> tuple[list, list]:
+        """Each micro-batch's embeddings (fp32, detached) and the RNG state it started from.
+
+        Autograd stays on (each graph is dropped at once): without it models take other
+        paths (InstructCIR reuses its null-text features instead of re-encoding them), so
+        the RNG would draw other dropout masks than in the re-run.
+        """
         states, parts = [], []
-        with torch.no_grad(), _autocast(self.config, self.device):
+        with _autocast(self.config, self.device):
             for batch in batches:
                 states.append(rng_state())
-                parts.append(tuple(o.float() for o in self.task.embeddings(batch)))
+                parts.append(tuple(o.detach().float() for o in self.task.embeddings(batch)))
         return states, parts
 
     def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
