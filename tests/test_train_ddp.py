@@ -240,6 +240,8 @@ def test_per_rank_batch_is_one_split_for_sampler_loader_and_loss() -> None:
         ValueError, match=r"batch_size=8 is not divisible by the 2 ranks × grad_accum=3"
     ):
         per_rank_batch(8, 2, grad_accum=3)
+    with pytest.raises(ValueError, match=r"batch_size=7 is not divisible by the 1 rank × grad_acc"):
+        per_rank_batch(7, 1, grad_accum=2)
     with pytest.raises(ValueError, match=r"batch_size=7 is not divisible by the 2 ranks"):
         MixtureSampler(20, 0, batch_size=7, ratio=0.0, seed=0, total_batches=2, rank=1, world=2)
     shares = [list(MixtureSampler(20, 0, 6, 0.0, 0, 2, rank=r, world=3)) for r in range(3)]

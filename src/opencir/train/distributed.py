@@ -73,8 +73,9 @@ def per_rank_batch(batch_size: int, world_size: int, grad_accum: int = 1) -> int
     """
     parts = world_size * grad_accum
     if batch_size % parts:
+        ranks = f"{world_size} rank{'s' if world_size > 1 else ''}"
         raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {world_size} ranks × "
+            f"batch_size={batch_size} is not divisible by the {ranks} × "
             f"grad_accum={grad_accum} micro-batches ({parts} equal parts); batch_size is the "
             f"global batch of one optimizer step: use a multiple of {parts}"
         )
