@@ -110,6 +110,9 @@ class TrainConfig:
     Stages: ``pretrain`` (image–text contrastive; for ``mllm-*`` models S2's stage 1),
     ``cir`` (triplets; S2's stage 2), ``combiner`` (S1's Eq. 3) and ``lm`` (next-token
     pretraining of an ``mllm-*`` model's small decoder on captions).
+
+    ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
+    ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
     """
 
     stage: str
