@@ -37,7 +37,8 @@ from opencir.train.distributed import (
     per_rank_batch,
     resolve_device,
 )
-from opencir.train.tasks import StepModule, make_task
+from opencir.train.stages import make_task
+from opencir.train.tasks import StepModule
 
 BATCH = 6
 

@@ -2,7 +2,7 @@
 
 from opencir.models.base import CIRModel, Retriever
 from opencir.models.card import CardRecords
-from opencir.models.checkpoint import CheckpointError, load, update_model_card
+from opencir.models.checkpoint import CheckpointError, update_model_card
 from opencir.models.config import (
     BackboneConfig,
     FusionConfig,
@@ -12,7 +12,13 @@ from opencir.models.config import (
 )
 from opencir.models.loading import PretrainedNotAvailableError
 from opencir.models.mllm import MLLMEmbedder
-from opencir.models.registry import create_model, get_model_config, list_models, load_model
+from opencir.models.registry import (
+    create_model,
+    get_model_config,
+    list_models,
+    load,
+    load_model,
+)
 
 __all__ = [
     "BackboneConfig",

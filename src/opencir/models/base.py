@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from opencir.models.backbones import get_family
 from opencir.models.card import CardRecords
+from opencir.models.checkpoint import save_checkpoint
 from opencir.models.config import ModelConfig
 from opencir.models.preprocess import preprocess_images
 
@@ -73,12 +75,12 @@ class TextTokenizer:
         return {k: encoded[k] for k in ("input_ids", "attention_mask")}
 
 
-class CIRModel(nn.Module):
+class CIRModel(nn.Module, ABC):
     """Base class of OpenCIR models: preprocessing, tokenisation, the two encoders, saving.
 
-    Subclasses implement the differentiable :meth:`forward_query` / :meth:`forward_target`
-    on preprocessed tensors; :meth:`encode_query` / :meth:`encode_target` wrap them for
-    inference on PIL images or tensors.
+    Subclasses implement :attr:`embed_dim` and the differentiable :meth:`forward_query` /
+    :meth:`forward_target` on preprocessed tensors; :meth:`encode_query` /
+    :meth:`encode_target` wrap them for inference on PIL images or tensors.
     """
 
     def __init__(self, config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -91,8 +93,9 @@ class CIRModel(nn.Module):
         return next(self.parameters()).device
 
     @property
+    @abstractmethod
     def embed_dim(self) -> int:
-        raise NotImplementedError
+        """Size of the embeddings both encoders return."""
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images → normalised pixel tensor as the backbone expects (on CPU)."""
@@ -133,11 +136,13 @@ class CIRModel(nn.Module):
             if hasattr(module, "use_checkpointing"):
                 module.use_checkpointing = enabled
 
+    @abstractmethod
     def forward_query(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """Composed-query embeddings ``[B, D]`` (L2-normalised) from pixels and tokens."""
 
+    @abstractmethod
     def forward_target(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Target-image embeddings ``[B, D]`` (L2-normalised) from pixels."""
 
     @torch.inference_mode()
     def encode_query(self, images: ImagesLike, texts: Sequence[str]) -> torch.Tensor:
@@ -168,6 +173,4 @@ class CIRModel(nn.Module):
         ``records`` (training recipe, data provenance, evaluation results, licence) fill
         the model card ``README.md``; without them its unknown sections say so.
         """
-        from opencir.models.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, directory, records)
+        return save_checkpoint(directory, self.config, self.state_dict(), self.tokenizer, records)

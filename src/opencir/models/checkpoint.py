@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opencir.atomic import fsync_tree, swap_in
-from opencir.models.base import CIRModel
 from opencir.models.base_weights import restore_external, split_external
 from opencir.models.card import (
     CardRecords,
@@ -40,29 +41,34 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def save_checkpoint(
-    model: CIRModel, directory: str | Path, records: CardRecords | None = None
+    directory: str | Path,
+    config: ModelConfig,
+    state: Mapping[str, torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    records: CardRecords | None = None,
 ) -> Path:
-    """Write the checkpoint into a temp dir beside ``directory`` and swap it in atomically.
+    """Write a model's config, tensors (``state``) and tokenizer as a checkpoint folder.
 
-    ``records`` (training recipe, data provenance, results) go into the model card.
+    Written into a temp dir beside ``directory`` and swapped in atomically. ``records``
+    (training recipe, data provenance, results) go into the model card.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         header: dict = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
-        source = model.config.backbone.text_source
+        source = config.backbone.text_source
         if source:
             tensors, external = split_external(tensors, source)
             if external:
                 header["external_weights"] = external
         save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": CHECKPOINT_FORMAT})
         (staging / CONFIG_FILE).write_text(
-            json.dumps({**header, "model": model.config.to_dict()}, indent=2)
+            json.dumps({**header, "model": config.to_dict()}, indent=2)
         )
-        model.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        write_model_card(staging, ModelCard(model.config, records or CardRecords()))
+        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        write_model_card(staging, ModelCard(config, records or CardRecords()))
         fsync_tree(staging)
         swap_in(staging, directory)
     except BaseException:
@@ -110,30 +116,26 @@ def checkpoint_folder(source: str | Path) -> Path:
     return checkpoint_snapshot(str(source))
 
 
-def load(source: str | Path, map_location: str | torch.device = "cpu") -> CIRModel:
-    """Load a checkpoint written by ``model.save`` (a folder or a Hub repo id).
-
-    Embeddings are bit-identical to the saved model's.
-    """
-    from opencir.models.registry import build_architecture, build_model
-
-    directory = checkpoint_folder(source)
-    config = read_checkpoint_config(directory)
+def read_checkpoint_tensors(
+    directory: Path, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, those kept outside it refilled from their source."""
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS_FILE}")
-    tower = build_architecture(config)
-    tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
-    model = build_model(config, tower, tokenizer)
     tensors = load_file(weights, device=str(map_location))
     external = json.loads((directory / CONFIG_FILE).read_text()).get("external_weights")
     if external:
         restore_external(tensors, external)
-    _load_strict(model, tensors, directory)
-    return model.eval()
+    return tensors
 
 
-def _load_strict(model: CIRModel, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+def read_checkpoint_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR, local_files_only=True)
+
+
+def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    """Load ``tensors`` into ``model``, refusing (with names) any that do not fit its config."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

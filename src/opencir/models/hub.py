@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -51,8 +52,6 @@ def hub_cache_dir() -> str | None:
 
 def checkpoint_snapshot(repo_id: str) -> Path:
     """The local snapshot folder of Hub repo ``repo_id``: from the cache, else downloaded."""
-    from huggingface_hub import snapshot_download
-
     local_only = offline()
     cache = hub_cache_dir()
     try:

@@ -31,6 +31,13 @@ from opencir.models.config import (
     MLLMConfig,
     ModelConfig,
 )
+from opencir.models.loading import (
+    from_pretrained,
+    own_memory,
+    read_preprocessor,
+    resolve_source,
+    resolved_backbone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +348,6 @@ def load_llava(backbone: BackboneConfig, source: str) -> tuple[nn.Module, Backbo
     """LLaVA weights from a hub id or a ``save_pretrained`` directory (the LM head is dropped)."""
     from transformers import LlavaForConditionalGeneration
 
-    from opencir.models.loading import from_pretrained, own_memory, resolved_backbone
-
     model = own_memory(from_pretrained(LlavaForConditionalGeneration, source).model)
     return model, resolved_backbone(backbone, model.config, source)
 
@@ -350,8 +355,6 @@ def load_llava(backbone: BackboneConfig, source: str) -> tuple[nn.Module, Backbo
 def load_vision_encoder(model: MLLMEmbedder, source: str) -> None:
     """Put a pretrained ViT (CLIP, SigLIP or a dual-encoder backbone dir) into the MLLM."""
     from transformers import AutoModel
-
-    from opencir.models.loading import from_pretrained, read_preprocessor, resolve_source
 
     location, _ = resolve_source(source)
     vision = from_pretrained(AutoModel, source).vision_model

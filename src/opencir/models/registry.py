@@ -14,11 +14,22 @@ import dataclasses
 import json
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from opencir.models.backbones import DualTower
 from opencir.models.base import CIRModel
 from opencir.models.baselines import Combiner, ImageOnly, ImageTextSum, TextOnly
+from opencir.models.checkpoint import (
+    checkpoint_folder,
+    is_checkpoint,
+    load_state_strict,
+    read_checkpoint_config,
+    read_checkpoint_tensors,
+    read_checkpoint_tokenizer,
+)
 from opencir.models.config import (
     BackboneConfig,
     FusionConfig,
@@ -127,8 +138,6 @@ def build_architecture(config: ModelConfig) -> Any:
 
 def _towers(config: ModelConfig, pretrained: str | None) -> tuple[Any, BackboneConfig, Any]:
     """Tower, resolved backbone config and tokenizer, random or from ``pretrained``."""
-    from opencir.models.checkpoint import is_checkpoint
-
     if pretrained and is_checkpoint(pretrained):
         return checkpoint_backbone(config, pretrained)
     if config.method == "mllm":
@@ -153,8 +162,6 @@ def checkpoint_backbone(
     Lets every dual-encoder method, the baselines above all, run on the backbone of any
     OpenCIR checkpoint; an InstructCIR checkpoint gives its query encoder's tower.
     """
-    from opencir.models.checkpoint import load, read_checkpoint_config
-
     saved = read_checkpoint_config(directory)
     if MLLM_FOLDER in (_backbone_folder(config.method), _backbone_folder(saved.method)):
         raise ValueError(
@@ -190,6 +197,21 @@ def build_model(config: ModelConfig, tower: DualTower, tokenizer: Any) -> CIRMod
     return METHOD_CLASSES[config.method](config, tower, tokenizer)
 
 
+def load(source: str | Path, map_location: str | torch.device = "cpu") -> CIRModel:
+    """Load a checkpoint written by ``model.save``: a folder, or a Hugging Face repo id.
+
+    The config rebuilds the architecture and the tensors are loaded strictly, so embeddings
+    are bit-identical to the saved model's (:mod:`opencir.models.checkpoint`).
+    """
+    directory = checkpoint_folder(source)
+    config = read_checkpoint_config(directory)
+    tensors = read_checkpoint_tensors(directory, map_location)
+    tokenizer = read_checkpoint_tokenizer(directory)
+    model = build_model(config, build_architecture(config), tokenizer)
+    load_state_strict(model, tensors, directory)
+    return model.eval()
+
+
 def create_model(name: str, pretrained: str | bool | None = None, **overrides: Any) -> CIRModel:
     """Create a registered model.
 
@@ -218,10 +240,6 @@ def load_model(spec: str, pretrained: str | None = None) -> CIRModel:
     registered model (random weights unless ``pretrained`` is given). An existing folder
     always wins over a repo id spelled the same.
     """
-    from pathlib import Path
-
-    from opencir.models.checkpoint import is_checkpoint, load
-
     name, sep, source = str(spec).partition("@")
     if sep:
         if pretrained is not None:
@@ -247,8 +265,6 @@ def load_model(spec: str, pretrained: str | None = None) -> CIRModel:
 
 def _backbone_source(spec: str, source: str) -> str:
     """The ``SOURCE`` of ``NAME@SOURCE``: an existing folder (made absolute) or a repo id."""
-    from pathlib import Path
-
     path = Path(source).expanduser()
     if path.is_dir():
         return str(path.resolve())

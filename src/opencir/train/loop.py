@@ -43,7 +43,8 @@ from opencir.train.distributed import (
     shutdown,
 )
 from opencir.train.sources import build_dataset
-from opencir.train.tasks import StepModule, Task, make_task
+from opencir.train.stages import make_task
+from opencir.train.tasks import StepModule, Task
 
 log = logging.getLogger(__name__)
 

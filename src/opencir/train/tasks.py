@@ -1,7 +1,11 @@
-"""The three training stages as small task objects the one trainer loop drives.
+"""The training stages of dual-encoder models as small task objects the one trainer drives.
 
-A task builds its model, names the parameters it trains, computes embeddings inside the
-(DDP-wrapped) step module, turns them into a loss, and exports the result.
+``pretrain`` (image–text contrastive, the CLIP objective), ``cir`` (S1's Eq. 2 on triplets,
+or a baseline with parameters) and ``combiner`` (S1's Eq. 3). A task builds its model, names
+the parameters it trains, computes embeddings inside the (DDP-wrapped) step module, turns
+them into a loss, and exports the result. The S2 stages of ``mllm-*`` models build on the
+same :class:`Task` in :mod:`opencir.train.mllm_tasks`; :func:`opencir.train.stages.make_task`
+picks the task for a recipe.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
 
-import opencir
+from opencir.models.backbones import DualEncoderTower
 from opencir.models.base import CIRModel
 from opencir.models.checkpoint import is_checkpoint
 from opencir.models.loading import BACKBONE_META, resolve_source
+from opencir.models.mllm import MLLMEmbedder, load_vision_encoder
+from opencir.models.registry import create_model, load
 from opencir.train.config import TrainConfig
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.losses import batch_contrastive_loss, clip_loss
@@ -32,15 +39,11 @@ def build_model(config: TrainConfig) -> CIRModel:
     if config.init:
         if not is_checkpoint(config.init):
             raise FileNotFoundError(f"init={config.init!r} is not an OpenCIR checkpoint directory")
-        return _with_settings(opencir.load(config.init), config.model_overrides)
-    model = opencir.create_model(
-        config.model, pretrained=config.pretrained, **config.model_overrides
-    )
+        return _with_settings(load(config.init), config.model_overrides)
+    model = create_model(config.model, pretrained=config.pretrained, **config.model_overrides)
     if config.text_init:
         load_text_encoder(model, config.text_init)
     if config.vision_init:
-        from opencir.models.mllm import MLLMEmbedder, load_vision_encoder
-
         if not isinstance(model, MLLMEmbedder):
             raise ValueError("vision_init only applies to mllm-* models")
         load_vision_encoder(model, config.vision_init)
@@ -62,10 +65,6 @@ def _with_settings(model: CIRModel, overrides: dict[str, Any]) -> CIRModel:
 
 def load_text_encoder(model: CIRModel, source: str) -> None:
     """Put pretrained text-encoder weights and tokenizer into every ``dual`` tower of a model."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from opencir.models.backbones import DualEncoderTower
-
     towers = [m for m in model.modules() if isinstance(m, DualEncoderTower)]
     if not towers:
         raise ValueError("text_init only applies to models on a 'dual' backbone")
@@ -216,23 +215,6 @@ class CombinerTask(CIRTask):
 
 
 TASKS: dict[str, type[Task]] = {"pretrain": PretrainTask, "cir": CIRTask, "combiner": CombinerTask}
-
-
-def make_task(config: TrainConfig) -> Task:
-    from opencir.models.mllm import MLLMEmbedder
-    from opencir.train.mllm_tasks import MLLM_TASKS
-
-    model = build_model(config)
-    if isinstance(model, MLLMEmbedder):
-        if config.stage not in MLLM_TASKS:
-            raise ValueError(
-                f"stage {config.stage!r} does not apply to {model.config.name}; "
-                f"mllm-* models train with the stages {list(MLLM_TASKS)}"
-            )
-        return MLLM_TASKS[config.stage](config, model)
-    if config.stage not in TASKS:
-        raise ValueError(f"stage {config.stage!r} only applies to mllm-* models")
-    return TASKS[config.stage](config, model)
 
 
 class StepModule(nn.Module):
