@@ -29,6 +29,16 @@ def registered_preprocessing() -> list[PreprocessConfig]:
     return sorted(configs, key=repr)
 
 
+def pil_processor_class(name: str) -> type:
+    """transformers' PIL-backend image processor class (``NamePil`` from transformers 5 on)."""
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+def sample_photos() -> list[Image.Image]:
+    """Real photographs of several sizes and aspect ratios."""
+    return [Image.fromarray(getattr(skimage_data, name)()) for name in PHOTOS]
+
+
 def hf_processor(config: PreprocessConfig):
     """The transformers processor (PIL backend) a checkpoint with ``config`` would ship."""
     common = {
@@ -37,11 +47,9 @@ def hf_processor(config: PreprocessConfig):
         "resample": RESAMPLE[config.resample],
     }
     if config.resize == "squash":
-        siglip = getattr(transformers, "SiglipImageProcessorPil", None)
-        siglip = siglip or transformers.SiglipImageProcessor
+        siglip = pil_processor_class("SiglipImageProcessor")
         return siglip(size={"height": config.size, "width": config.size}, **common)
-    clip = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    return clip(
+    return pil_processor_class("CLIPImageProcessor")(
         size={"shortest_edge": config.size},
         crop_size={"height": config.size, "width": config.size},
         **common,
@@ -50,7 +58,7 @@ def hf_processor(config: PreprocessConfig):
 
 def photos() -> list[Image.Image]:
     """The sample photos as they are, and squeezed to odd sizes (wide, tall, tiny)."""
-    originals = [Image.fromarray(getattr(skimage_data, name)()) for name in PHOTOS]
+    originals = sample_photos()
     resized = [
         originals[i % len(originals)].resize(size, Image.Resampling.LANCZOS)
         for i, size in enumerate(ODD_SIZES)

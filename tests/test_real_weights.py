@@ -15,19 +15,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
-from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
 import opencir
 from opencir.models.registry import get_model_config
 from opencir.models.tokenizer import byte_level_tokenizer
-
-skimage_data = pytest.importorskip("skimage.data")
+from tests.test_preprocess import pil_processor_class, sample_photos
 
 CLIP_DIR_VARIABLE = "OPENCIR_CLIP_DIR"
 TOLERANCE = 1e-4
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 TEXTS = (
     "a photo of a cat",
     "an astronaut in a white suit",
@@ -36,15 +32,9 @@ TEXTS = (
 )
 
 
-def photos() -> list[Image.Image]:
-    """Real photographs of several sizes and aspect ratios."""
-    return [Image.fromarray(getattr(skimage_data, name)()) for name in PHOTOS]
-
-
 def hf_clip_embeddings(directory: Path, images, texts) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image and text embeddings the way transformers computes them."""
-    processor_class = getattr(transformers, "CLIPImageProcessorPil", None)
-    processor = (processor_class or transformers.CLIPImageProcessor).from_pretrained(directory)
+    processor = pil_processor_class("CLIPImageProcessor").from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = CLIPModel.from_pretrained(directory).eval()
     pixels = torch.from_numpy(np.stack(processor(images, return_tensors="np")["pixel_values"]))
@@ -67,7 +57,7 @@ def opencir_clip_embeddings(directory: Path, images, texts) -> tuple[torch.Tenso
 
 def largest_differences(directory: Path) -> tuple[float, float]:
     """Max abs difference of the image and of the text embeddings, OpenCIR vs transformers."""
-    images = photos()
+    images = sample_photos()
     ours = opencir_clip_embeddings(directory, images, TEXTS)
     reference = hf_clip_embeddings(directory, images, TEXTS)
     return tuple(float((a - b).abs().max()) for a, b in zip(ours, reference, strict=True))
@@ -91,8 +81,7 @@ def save_tiny_clip(directory: Path) -> None:
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(**backbone.architecture)).save_pretrained(directory)
     byte_level_tokenizer(backbone.max_text_length).save_pretrained(directory)
-    processor_class = getattr(transformers, "CLIPImageProcessorPil", None)
-    processor = (processor_class or transformers.CLIPImageProcessor)(
+    processor = pil_processor_class("CLIPImageProcessor")(
         size={"shortest_edge": pre.size},
         crop_size={"height": pre.size, "width": pre.size},
         image_mean=list(pre.mean),
@@ -105,7 +94,7 @@ def test_comparison_passes_on_a_tiny_random_clip(tmp_path: Path) -> None:
     save_tiny_clip(tmp_path / "clip")
     image_gap, text_gap = largest_differences(tmp_path / "clip")
     assert image_gap <= TOLERANCE and text_gap <= TOLERANCE, (image_gap, text_gap)
-    image, text = hf_clip_embeddings(tmp_path / "clip", photos(), TEXTS)
+    image, text = hf_clip_embeddings(tmp_path / "clip", sample_photos(), TEXTS)
     # not vacuous: different photos and texts give clearly different embeddings
     assert float((image[0] - image[1]).abs().max()) > 100 * TOLERANCE
     assert float((text[0] - text[1]).abs().max()) > 100 * TOLERANCE
