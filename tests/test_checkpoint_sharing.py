@@ -16,9 +16,17 @@ import opencir
 from opencir.data.collections import CollectionSpec
 from opencir.data.triplets import Triplet, write_manifest, write_triplets
 from opencir.data.worlds import generate_shapes_world
-from opencir.models import CardRecords, CheckpointError, load_model, update_model_card
+from opencir.index.resolve import canonical_spec
+from opencir.models import (
+    CardRecords,
+    CheckpointError,
+    get_model_config,
+    load_model,
+    update_model_card,
+)
 from opencir.models.card import CARD_FILE, read_card_records
 from opencir.models.hub import is_repo_id
+from opencir.models.tokenizer import byte_level_tokenizer
 from opencir.train import DataConfig, OptimConfig, TrainConfig, train
 
 REPO = "user/opencir-shapes-s1"
@@ -88,6 +96,30 @@ def test_path_spellings_never_reach_the_hub(offline_cache: Path) -> None:
         with pytest.raises(CheckpointError, match=r"config\.json is missing"):
             opencir.load(spelling)
     assert is_repo_id(REPO) and not is_repo_id("sum-tiny") and not is_repo_id("user/a--b")
+
+
+def test_name_at_repo_id_takes_backbone_weights_from_the_cache(
+    offline_cache: Path, tmp_path: Path, images: list[Image.Image]
+) -> None:
+    backbone = opencir.create_model("sum-tiny").tower.hf
+    backbone.save_pretrained(tmp_path / "clip")
+    byte_level_tokenizer(get_model_config("sum-tiny").backbone.max_text_length).save_pretrained(
+        tmp_path / "clip"
+    )
+    _cached(tmp_path / "clip", offline_cache, "org/tiny-clip")
+    from_hub = load_model("sum-tiny@org/tiny-clip")
+    from_dir = load_model(f"sum-tiny@{tmp_path / 'clip'}")
+    assert from_hub.config.backbone.pretrained == "org/tiny-clip"
+    assert torch.equal(from_hub.encode_query(images, TEXTS), from_dir.encode_query(images, TEXTS))
+
+
+def test_index_records_a_repo_id_as_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert canonical_spec("sum-tiny@org/tiny-clip") == "sum-tiny@org/tiny-clip"
+    assert canonical_spec(REPO) == REPO
+    (tmp_path / "org" / "tiny-clip").mkdir(parents=True)
+    absolute = (tmp_path / "org" / "tiny-clip").resolve()
+    assert canonical_spec("sum-tiny@org/tiny-clip") == f"sum-tiny@{absolute}"
 
 
 def test_name_at_source_refuses_what_is_neither_folder_nor_repo_id(offline_cache) -> None:

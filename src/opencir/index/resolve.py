@@ -1,11 +1,12 @@
 """Turn a ``--model`` argument into a model.
 
-Three spellings are accepted:
+The spellings accepted (:func:`opencir.models.load_model`):
 
 * ``DIR`` — an OpenCIR checkpoint directory written by ``model.save`` → :func:`opencir.load`;
+* ``OWNER/REPO`` — a Hugging Face Hub repo holding such a checkpoint → :func:`opencir.load`;
 * ``NAME@DIR`` — a registered model whose backbone weights come from a Hugging Face
-  ``save_pretrained`` directory (e.g. a real CLIP snapshot)
-  → ``create_model(NAME, pretrained=DIR)``;
+  ``save_pretrained`` directory (e.g. a real CLIP snapshot), or ``NAME@OWNER/REPO`` from a
+  Hub repo → ``create_model(NAME, pretrained=DIR)``;
 * ``NAME`` — a registered model name → ``create_model(NAME)`` (random weights unless the
   backbone is pretrained; fine for tests, not for a real gallery).
 """
@@ -20,11 +21,15 @@ if TYPE_CHECKING:
 
 
 def canonical_spec(spec: str | Path) -> str:
-    """The spelling recorded in an index manifest: directories made absolute."""
+    """The spelling recorded in an index manifest: existing directories made absolute.
+
+    Anything else (a Hub repo id above all) is kept as written.
+    """
     text = str(spec)
-    name, sep, directory = text.partition("@")
+    name, sep, source = text.partition("@")
     if sep:
-        return f"{name}@{Path(directory).expanduser().resolve()}"
+        path = Path(source).expanduser()
+        return f"{name}@{path.resolve()}" if path.is_dir() else text
     path = Path(text).expanduser()
     return str(path.resolve()) if path.is_dir() else text
 

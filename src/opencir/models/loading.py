@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opencir.models.backbones import DualTower, get_family
 from opencir.models.config import BackboneConfig, PreprocessConfig
-from opencir.models.hub import offline
+from opencir.models.hub import hub_cache_dir, offline
 from opencir.models.tokenizer import byte_level_tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,14 @@ def from_pretrained(model_class: Any, source: str) -> Any:
     """``model_class.from_pretrained`` on a hub id or directory: local first, clear failures."""
     location, local_only = resolve_source(source)
     try:
-        return model_class.from_pretrained(location, local_files_only=True)
+        return model_class.from_pretrained(
+            location, local_files_only=True, cache_dir=hub_cache_dir()
+        )
     except OSError as first_error:
         if local_only:
             raise _not_available(source, f"{first_error}".splitlines()[0]) from first_error
     try:
-        return model_class.from_pretrained(location)
+        return model_class.from_pretrained(location, cache_dir=hub_cache_dir())
     except OSError as error:
         raise _not_available(source, "not in the local cache and download failed") from error
 
@@ -105,7 +107,9 @@ def read_preprocessor(location: str, size: int, default: PreprocessConfig) -> Pr
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(location, "preprocessor_config.json")
+            cached = try_to_load_from_cache(
+                location, "preprocessor_config.json", cache_dir=hub_cache_dir()
+            )
         except ValueError:
             cached = None
         if not isinstance(cached, str):
@@ -200,8 +204,10 @@ def load_tokenizer(config: BackboneConfig, source: str | None) -> PreTrainedToke
         return byte_level_tokenizer(config.max_text_length)
     location, local_only = resolve_source(source)
     try:
-        return AutoTokenizer.from_pretrained(location, local_files_only=True)
+        return AutoTokenizer.from_pretrained(
+            location, local_files_only=True, cache_dir=hub_cache_dir()
+        )
     except (OSError, ValueError) as first_error:
         if local_only:
             raise _not_available(source, f"tokenizer files missing ({first_error})") from None
-    return AutoTokenizer.from_pretrained(location)
+    return AutoTokenizer.from_pretrained(location, cache_dir=hub_cache_dir())
