@@ -64,7 +64,7 @@ def checkpoint_snapshot(repo_id: str) -> Path:
             f"model {repo_id!r} is neither a local folder (no such directory "
             f"{Path(repo_id).resolve()}) nor available from the Hugging Face Hub: it is not in "
             f"{where} and {how} ({detail}). "
-            f"Download it where there is network (`huggingface-cli download {repo_id} "
+            f"Download it where there is network (`hf download {repo_id} "
             "--local-dir DIR`) and pass DIR, or point HF_HOME / HF_HUB_CACHE at a cache that "
             "holds it."
         ) from error
