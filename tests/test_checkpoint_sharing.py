@@ -143,6 +143,7 @@ def test_save_writes_a_parseable_card_that_states_unknowns(checkpoint: Path) -> 
     assert "Unknown: this checkpoint was saved outside `opencir train`" in text
     assert "Unknown: no training recipe recorded" in text
     assert "## Evaluation results\n\nNone recorded" in text
+    assert "## License\n\nUnknown: not stated" in text
 
 
 def test_loading_ignores_the_card(checkpoint: Path, images: list[Image.Image]) -> None:
@@ -158,6 +159,7 @@ def test_card_records_training_data_and_reproduce_command(tmp_path: Path) -> Non
     folder = opencir.create_model("instructcir-tiny").save(tmp_path / "ckpt", records)
     meta = _front_matter(folder)
     assert meta["license"] == "mit"
+    assert "## License\n\n`mit`." in (folder / CARD_FILE).read_text(encoding="utf-8")
     assert read_card_records(folder) == CardRecords.from_dict(records.to_dict())
     text = (folder / CARD_FILE).read_text(encoding="utf-8")
     assert "opencir train --recipe recipe.yaml" in text and "steps: 7" in text

@@ -115,6 +115,7 @@ class ModelCard:
             self._training_data(),
             self._results(),
             self._reproduce(),
+            self._license(),
             self._usage(),
         )
         head = yaml.safe_dump(self.front_matter(), sort_keys=False, allow_unicode=True)
@@ -174,6 +175,14 @@ class ModelCard:
             "(paths are those of the original run), then:\n\n"
             "```bash\nopencir train --recipe recipe.yaml\n```\n\n"
             f"```yaml\n{recipe}```"
+        )
+
+    def _license(self) -> str:
+        if self.records.license:
+            return f"## License\n\n`{self.records.license}`."
+        return (
+            f"## License\n\n{UNKNOWN.capitalize()}: not stated when the checkpoint was saved "
+            "(check the licences of the backbone weights and the training data)."
         )
 
     def _usage(self) -> str:
