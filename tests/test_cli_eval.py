@@ -9,6 +9,7 @@ import torch
 
 import opencir
 from opencir.cli import main
+from opencir.models.card import read_card_records
 from tests.fixtures_benchmarks import make_cirr, make_fashioniq
 
 
@@ -195,3 +196,24 @@ def test_submission_for_a_benchmark_without_test_server_is_refused_up_front(
     assert "'fashioniq' has no test server" in caplog.text
     assert "dataset folder not found" not in caplog.text  # refused before reading any data
     assert not (tmp_path / "sub").exists()
+
+
+def test_eval_cli_card_adds_the_results_to_the_checkpoint_card(tmp_path) -> None:
+    root = make_cirr(tmp_path / "cirr")
+    checkpoint = opencir.create_model("sum-tiny").save(tmp_path / "ckpt")
+    args = [
+        "eval", "--model", str(checkpoint), "--benchmark", "cirr", "--data-root", str(root),
+        "--card", "--no-cache", "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0
+    (result,) = read_card_records(checkpoint).results
+    assert result["benchmark"] == "cirr" and "R@1" in result["metrics"]
+    assert "### cirr / val" in (checkpoint / "README.md").read_text(encoding="utf-8")
+
+
+def test_eval_cli_card_needs_a_checkpoint_folder(tmp_path, caplog) -> None:
+    root = make_cirr(tmp_path / "cirr")
+    args = ["eval", "--model", "sum-tiny", "--benchmark", "cirr", "--data-root", str(root),
+            "--card", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert "--card adds the results to a checkpoint folder's model card" in caplog.text

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
 
 import yaml
+
+from opencir.cli import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="write the results JSON here")
     parser.add_argument("--submission", metavar="DIR", help="write test-server files (cirr, circo)")
     parser.add_argument("--report", metavar="DIR", help="write qualitative grid + recall plot")
+    parser.add_argument(
+        "--card", action="store_true",
+        help="add the results to the model card (README.md) of the --model checkpoint folder",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--backend", choices=("torch", "onnx"), default="torch",
@@ -93,7 +100,13 @@ def load_eval_model(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from opencir.eval.run import EvalRequest, run_evaluation
+    from opencir.models.checkpoint import is_checkpoint, update_model_card
 
+    if args.card and not is_checkpoint(args.model):
+        raise UsageError(
+            f"--card adds the results to a checkpoint folder's model card; --model "
+            f"{args.model!r} is not a local OpenCIR checkpoint folder"
+        )
     request = EvalRequest(
         benchmark=args.benchmark,
         data_root=args.data_root,
@@ -108,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     )
     result, written = run_evaluation(load_eval_model(args), request)
     print(result.format_table())
+    if args.card:
+        written.append(update_model_card(args.model, json.loads(result.to_json())))
     for path in written:
         print(f"wrote {path}")
     return 0
