@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -98,11 +97,10 @@ def _config(args: argparse.Namespace, **extra: Any) -> BuildConfig:
 
 
 def prepare_faiss() -> None:
-    """Quiet FAISS's loader log and tune FAISS for this process (the CLI owns it; the
-    library leaves process-wide settings to its caller)."""
+    """Tune FAISS for this process: the CLI owns it, while the library leaves process-wide
+    settings to its caller."""
     from opencir.index.tuning import configure_faiss
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     configure_faiss()
 
 
