@@ -27,7 +27,7 @@ import yaml
 from torch import nn
 
 import opencir
-from opencir.train import train
+from opencir.train import TrainingDivergedError, tasks, train
 from opencir.train.checkpointing import rng_state, set_rng_state
 from opencir.train.config import MLLMTrainConfig, TrainConfig, load_recipe
 from opencir.train.data import MixtureSampler
@@ -113,9 +113,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_two_ranks(case: str, tmp_path, limit_s: float) -> bool:
+def _run_two_ranks(case: str, tmp_path, limit_s: float, worker=_worker) -> bool:
     """Run both ranks; False (after killing them) when they do not finish in time."""
-    context = mp.spawn(_worker, args=(2, _free_port(), case, str(tmp_path)), nprocs=2, join=False)
+    context = mp.spawn(worker, args=(2, _free_port(), case, str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + limit_s
     while not context.join(timeout=2):
         if time.monotonic() > deadline:
@@ -276,3 +276,25 @@ def test_rng_state_holds_the_own_gpu_of_the_rank_only(monkeypatch) -> None:
     set_rng_state(state)
     set_rng_state({**state, "cuda": [torch.tensor([1]), torch.tensor([2])]})  # one per GPU
     assert [t.tolist() for t in restored] == [[7], [2]]
+
+
+def _rank_one_diverges(rank: int, world: int, port: int, recipe: str, tmp: str) -> None:
+    """Train through the trainer's own process-group setup; rank 1's loss turns NaN."""
+    os.environ.update(
+        WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
+    )  # fmt: skip
+    if rank == 1:
+        tasks.clip_loss = lambda *args: torch.tensor(float("nan"), requires_grad=True)
+    try:
+        train(load_recipe(recipe, [f"out_dir={tmp}/run"]), progress=False)
+    except TrainingDivergedError as error:
+        Path(tmp, f"rank{rank}.txt").write_text(str(error))
+
+
+def test_a_nan_on_one_rank_stops_every_rank(world, tmp_path) -> None:
+    recipe = str(_recipe(world, tmp_path))
+    if not _run_two_ranks(recipe, tmp_path, limit_s=120, worker=_rank_one_diverges):
+        pytest.fail("the other rank kept waiting for the one whose loss became NaN")
+    for rank in (0, 1):
+        assert "loss became nan at step 1" in (tmp_path / f"rank{rank}.txt").read_text()

@@ -289,24 +289,30 @@ class Trainer:
             )
         )
 
-    def _loss(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _loss(self, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
+        """This rank's loss and the whole batch's: the mean over the ranks.
+
+        Judged on the mean, a NaN on one rank stops every rank at the same point instead of
+        leaving the others waiting in the next collective.
+        """
         loss = self.task.loss(tuple(o.float() for o in outputs), self.ctx)
-        if not torch.isfinite(loss):
+        value = mean_over_ranks(loss.item(), self.ctx)
+        if not math.isfinite(value):
             raise TrainingDivergedError(
-                f"loss became {loss.item()} at step {self.step + 1}; try a lower optim.lr, "
+                f"loss became {value} at step {self.step + 1}; try a lower optim.lr, "
                 f"a larger temperature, or resume from an earlier checkpoint in "
                 f"{self.out_dir / 'checkpoints'}"
             )
-        return loss
+        return loss, value
 
     def _backward(self, batches: list[dict[str, Any]]) -> float:
         """Gradients of the loss over this step's whole batch; returns that loss."""
         if len(batches) > 1:
             return self._backward_cached(batches)
         with _autocast(self.config, self.device):
-            loss = self._loss(self.step_module(batches[0]))
+            loss, value = self._loss(self.step_module(batches[0]))
         loss.backward()
-        return loss.item()
+        return value
 
     def _backward_cached(self, batches: list[dict[str, Any]]) -> float:
         """Gradient accumulation that keeps the full-batch loss (the GradCache method).
@@ -323,7 +329,7 @@ class Trainer:
         states, parts = self._first_pass(batches)
         embeddings = tuple(torch.cat(col).requires_grad_() for col in zip(*parts, strict=True))
         with _autocast(self.config, self.device):
-            loss = self._loss(embeddings)
+            loss, value = self._loss(embeddings)
         grads = torch.autograd.grad(loss, [*embeddings, *self.params], allow_unused=True)
         sizes = [len(part[0]) for part in parts]
         per_batch = zip(*(_split(g, sizes) for g in grads[: len(embeddings)]), strict=True)
@@ -335,7 +341,7 @@ class Trainer:
                 if last:  # parameters the loss uses itself: once, in the synchronising pass
                     surrogate = surrogate + _dot(tuple(self.params), grads[len(embeddings) :])
             surrogate.backward()
-        return loss.item()
+        return value
 
     def _first_pass(self, batches: list[dict[str, Any]]) -> tuple[list, list]:
         """Each micro-batch's embeddings (fp32, detached) and the RNG state it started from.
@@ -417,7 +423,7 @@ class Trainer:
         try:
             while self.step < end:
                 micro = [move_to(next(batches), self.device) for _ in range(config.grad_accum)]
-                loss = mean_over_ranks(self._backward(micro), self.ctx)
+                loss = self._backward(micro)
                 self._optimizer_step()
                 losses.append(loss)
                 samples += config.batch_size
