@@ -5,6 +5,8 @@ and a checkpoint whose tensors disagree with its config is refused with the name
 mismatching tensors. A model card (``README.md``, :mod:`opencir.models.card`) sits beside
 them for people and the Hugging Face Hub; loading never reads it. A checkpoint is named by
 its folder or by the id of a Hub repository holding one (:mod:`opencir.models.hub`).
+This module reads and writes the files; :func:`opencir.models.registry.load` builds the model
+from them (it needs the method classes, which need this module to save).
 """
 
 from __future__ import annotations
