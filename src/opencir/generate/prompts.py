@@ -39,6 +39,14 @@ REWRITE_PROMPT = (
 )
 
 
+def reformulation_request(
+    caption_a: str, caption_b: str, template: str = REFORMULATION_PROMPT, max_words: int = 12
+) -> str:
+    """The change writer's request for one pair: what ``--writer llm`` sends and a tuned
+    writer is trained on."""
+    return fill(template, caption_a=caption_a, caption_b=caption_b, max_words=str(max_words))
+
+
 def prompt_hash(*parts: str) -> str:
     """A short stable hash of a prompt template (and any settings folded into it)."""
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8"))

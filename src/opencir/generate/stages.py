@@ -77,9 +77,10 @@ class GenerateConfig:
             raise ValueError(f"format must be jsonl or parquet, got {self.format!r}")
         if self.pairs < 1 or self.shard_size < 1 or self.inflight_shards < 1:
             raise ValueError("pairs, shard_size and inflight_shards must be >= 1")
-        if self.writer.kind == "llm" and self.captioner.kind == "none":
+        if self.writer.kind in ("llm", "hf") and self.captioner.kind == "none":
             raise ValueError(
-                "the llm writer reads captions: pick --captioner sidecar, openai or hf"
+                f"the {self.writer.kind} writer reads captions: pick --captioner sidecar, "
+                "openai or hf"
             )
 
     @property

@@ -16,10 +16,16 @@ from opencir.data.collections import get_field
 from opencir.generate import templates
 from opencir.generate.client import ChatClient, EndpointConfig, RequestError, Usage, user_content
 from opencir.generate.jobs import Outcome, PairJob, stable_seed
-from opencir.generate.prompts import PAIR_PROMPT, REFORMULATION_PROMPT, fill, prompt_hash
+from opencir.generate.prompts import (
+    PAIR_PROMPT,
+    REFORMULATION_PROMPT,
+    fill,
+    prompt_hash,
+    reformulation_request,
+)
 from opencir.generate.validation import Rejection, ValidationConfig, validate_change
 
-WRITERS = ("llm", "pair-vlm", "template")
+WRITERS = ("llm", "pair-vlm", "template", "hf")
 RETRY_TEMPERATURE = 0.7
 
 
@@ -30,6 +36,8 @@ class WriterConfig:
     ``prompt``: the template (``None``: the writer's default; the LLM writer's default is the
     seed's reformulation prompt with ``{caption_a}``/``{caption_b}``; the pair writer's takes
     ``{max_words}``). ``attributes_field``: metadata the template writer compares first.
+    ``hf_model``: the local causal LM of the ``hf`` writer (a directory, e.g. a tuned writer's
+    ``final/``, or a GGUF), run on ``device`` in batches of ``batch_size``, greedy.
     """
 
     kind: str = "llm"
@@ -38,6 +46,10 @@ class WriterConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     reject_retries: int = 1
     attributes_field: str = "attributes"
+    hf_model: str | None = None
+    device: str = "cpu"
+    batch_size: int = 8
+    max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
         if self.kind not in WRITERS:
@@ -46,8 +58,12 @@ class WriterConfig:
             raise ValueError(
                 f"the {self.kind} writer needs an endpoint (--endpoint, --writer-model)"
             )
+        if self.kind == "hf" and not self.hf_model:
+            raise ValueError("the hf writer needs a local model (--writer-model DIR or .gguf)")
         if self.reject_retries < 0:
             raise ValueError(f"reject_retries must be >= 0, got {self.reject_retries}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("the writer's batch_size and max_new_tokens must be >= 1")
 
 
 class ChangeWriter:
@@ -137,11 +153,11 @@ class LLMWriter(_ModelWriter):
     default_prompt = REFORMULATION_PROMPT
 
     def content(self, job: PairJob) -> str:
-        return fill(
+        return reformulation_request(
+            job.reference_caption or "",
+            job.target_caption or "",
             self.prompt,
-            caption_a=job.reference_caption or "",
-            caption_b=job.target_caption or "",
-            max_words=str(self.config.validation.max_words),
+            self.config.validation.max_words,
         )
 
 
@@ -210,4 +226,8 @@ def build_writer(config: WriterConfig, seed: int = 0) -> ChangeWriter:
         return LLMWriter(config, seed)
     if config.kind == "pair-vlm":
         return PairVLMWriter(config, seed)
+    if config.kind == "hf":
+        from opencir.generate.hf_writer import HFWriter
+
+        return HFWriter(config)
     return TemplateWriter(config)

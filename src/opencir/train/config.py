@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-STAGES = ("lm", "pretrain", "cir", "combiner")
+STAGES = ("lm", "pretrain", "cir", "combiner", "writer")
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,12 @@ class DataConfig:
     caption field). ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and
     ``labelled`` (annotated), mixed so a fraction ``labelled_ratio`` of every batch is
     labelled — the semi-supervised setting of seed 001. ``max_triplets`` caps the generated
-    set (the data-scaling curve).
+    set (the data-scaling curve). ``writer`` reads ``seeds``: JSONL rows of caption A,
+    caption B and change text (``opencir writer seed`` makes them).
     """
 
     triplets: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()
     labelled: tuple[str, ...] = ()
     labelled_ratio: float = 0.0
     max_triplets: int | None = None
@@ -67,14 +69,8 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class MLLMTrainConfig:
-    """What the S2 (``mllm-*``) stages train.
-
-    ``lora_rank > 0`` wraps the language model's ``lora_targets`` in LoRA adapters (peft;
-    merged into the weights on export); ``lora_rank: 0`` trains the whole language model
-    (the ``lm`` stage always does). The projector trains unless ``train_projector`` is off;
-    the vision tower stays frozen unless ``train_vision`` is on.
-    """
+class LoRASettings:
+    """LoRA adapters (peft) on a language model's ``lora_targets`` projections."""
 
     lora_rank: int = 16
     lora_alpha: float = 32.0
@@ -88,14 +84,53 @@ class MLLMTrainConfig:
         "up_proj",
         "down_proj",
     )
-    train_projector: bool = True
-    train_vision: bool = False
 
     def __post_init__(self) -> None:
         if self.lora_rank < 0:
-            raise ValueError(f"mllm.lora_rank must be >= 0, got {self.lora_rank}")
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"mllm.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass(frozen=True)
+class MLLMTrainConfig(LoRASettings):
+    """What the S2 (``mllm-*``) stages train.
+
+    ``lora_rank > 0`` wraps the language model's ``lora_targets`` in LoRA adapters (peft;
+    merged into the weights on export); ``lora_rank: 0`` trains the whole language model
+    (the ``lm`` stage always does). The projector trains unless ``train_projector`` is off;
+    the vision tower stays frozen unless ``train_vision`` is on.
+    """
+
+    train_projector: bool = True
+    train_vision: bool = False
+
+
+@dataclass(frozen=True)
+class WriterTrainConfig(LoRASettings):
+    """The ``writer`` stage: LoRA on a chat LM (``model``: a directory or GGUF) as the writer.
+
+    The input is the reformulation request (``prompt``; ``None``: the seed paper's, as
+    ``generate --writer llm`` sends it) in the model's chat template; the loss covers the
+    answer tokens only. Longer examples are cut to ``max_length`` tokens from the left.
+    ``lora_layers``: adapters in the top N transformer layers only (``None``: all);
+    backpropagation then stops below them, which makes a step much cheaper on a CPU.
+    """
+
+    lora_rank: int = 8
+    lora_layers: int | None = None
+    prompt: str | None = None
+    max_words: int = 12
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lora_rank < 1:
+            raise ValueError(f"writer.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_layers is not None and self.lora_layers < 1:
+            raise ValueError(f"writer.lora_layers must be >= 1 or null, got {self.lora_layers}")
+        if self.max_length < 16:
+            raise ValueError(f"writer.max_length must be >= 16, got {self.max_length}")
 
 
 @dataclass(frozen=True)
@@ -108,8 +143,10 @@ class TrainConfig:
     ``vision_init`` a pretrained ViT (CLIP/SigLIP/dual backbone dir) for an ``mllm-*`` model.
 
     Stages: ``pretrain`` (image–text contrastive; for ``mllm-*`` models S2's stage 1),
-    ``cir`` (triplets; S2's stage 2), ``combiner`` (S1's Eq. 3) and ``lm`` (next-token
-    pretraining of an ``mllm-*`` model's small decoder on captions).
+    ``cir`` (triplets; S2's stage 2), ``combiner`` (S1's Eq. 3), ``lm`` (next-token
+    pretraining of an ``mllm-*`` model's small decoder on captions) and ``writer`` (S1's
+    change writer: LoRA on a chat LM, whose ``model`` is a directory or GGUF, on
+    ``data.seeds``).
 
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
     ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
@@ -131,6 +168,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mllm: MLLMTrainConfig = field(default_factory=MLLMTrainConfig)
+    writer: WriterTrainConfig = field(default_factory=WriterTrainConfig)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"

@@ -13,6 +13,7 @@ from opencir.data.collections import CollectionSpec, open_collection
 from opencir.data.triplets import open_triplets
 from opencir.train.config import TrainConfig
 from opencir.train.data import PairDataset, TripletDataset, TripletExample
+from opencir.train.writer_tasks import seed_dataset
 
 
 def _triplet_dataset(paths: tuple[str, ...], limit: int | None) -> TripletDataset | None:
@@ -47,6 +48,9 @@ def _pair_dataset(config: TrainConfig) -> PairDataset:
 
 def build_dataset(config: TrainConfig) -> tuple[Dataset, int, int]:
     """Return ``(dataset, n_generated, n_labelled)`` for the stage of ``config``."""
+    if config.stage == "writer":
+        seeds = seed_dataset(config)
+        return seeds, len(seeds), 0
     if config.stage in ("pretrain", "lm"):
         dataset = _pair_dataset(config)
         return dataset, len(dataset), 0

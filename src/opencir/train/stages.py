@@ -11,10 +11,13 @@ from opencir.models.mllm import MLLMEmbedder
 from opencir.train.config import TrainConfig
 from opencir.train.mllm_tasks import MLLM_TASKS
 from opencir.train.tasks import TASKS, Task, build_model
+from opencir.train.writer_tasks import WriterTask
 
 
 def make_task(config: TrainConfig) -> Task:
     """Build the recipe's model and the task that trains it in ``config.stage``."""
+    if config.stage == "writer":  # a chat LM from a directory or GGUF, not a registry model
+        return WriterTask.from_config(config)
     model = build_model(config)
     if isinstance(model, MLLMEmbedder):
         if config.stage not in MLLM_TASKS:

