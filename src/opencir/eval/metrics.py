@@ -382,9 +382,7 @@ def average_precision_at_k(
     _check_ks(ks, rel.shape[1])
     precision = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
     n_gt = np.array([len(set(int(j) for j in t)) for t in targets], dtype=np.float64)
-    return {
-        int(k): (precision[:, :k] * rel[:, :k]).sum(axis=1) / np.minimum(n_gt, k) for k in ks
-    }
+    return {int(k): (precision[:, :k] * rel[:, :k]).sum(axis=1) / np.minimum(n_gt, k) for k in ks}
 
 
 def _as_rank_array(ranks: RankLike) -> np.ndarray:
