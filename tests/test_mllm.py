@@ -21,7 +21,7 @@ from opencir.train.config import MLLMTrainConfig
 from opencir.train.loop import Trainer
 from opencir.train.tasks import save_backbone
 from tests.fixtures_benchmarks import make_cirr
-from tests.test_train import _triplets, world  # noqa: F401  (module fixture)
+from tests.test_train import _triplets
 
 TEXTS = ["red", "make the big circle a small blue square", "move it left, please"]
 
@@ -178,7 +178,7 @@ def test_only_adapters_and_projector_train_by_default(tmp_path: Path) -> None:
         Trainer(_stage(tmp_path, "combiner", "e"))
 
 
-def test_two_stages_chain_from_a_pretrained_vit(world: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_two_stages_chain_from_a_pretrained_vit(world: Path, tmp_path: Path) -> None:
     vit = opencir.create_model("sum-dual-tiny")
     save_backbone(vit, tmp_path / "vit")
     pairs = DataConfig(pairs=str(world / "images.jsonl"))
@@ -209,7 +209,7 @@ def test_two_stages_chain_from_a_pretrained_vit(world: Path, tmp_path: Path) -> 
     assert not torch.equal(q_proj(models[1]), q_proj(models[2]))
 
 
-def test_stage_two_resumes_on_the_same_loss_curve(world: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_stage_two_resumes_on_the_same_loss_curve(world: Path, tmp_path: Path) -> None:
     data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
     whole = train(_stage(tmp_path, "cir", "whole", data=data, steps=4), progress=False)
     split = _stage(tmp_path, "cir", "split", data=data, steps=4)
@@ -252,7 +252,7 @@ def test_indexes_and_searches_like_any_model(tmp_path: Path) -> None:
     assert result.hits[0].item.path.name == Path(paths[best]).name
 
 
-def test_stage_two_runs_under_bf16_autocast(world: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_stage_two_runs_under_bf16_autocast(world: Path, tmp_path: Path) -> None:
     data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
     result = train(_stage(tmp_path, "cir", "bf16", data=data, precision="bf16"), progress=False)
     assert all(torch.isfinite(torch.tensor(result.losses)))
