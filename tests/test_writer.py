@@ -217,6 +217,8 @@ def test_one_attribute_changes_are_found_and_others_are_not() -> None:
         ("make the circle at the top blue", True),
         ("make it blue", False),  # which object?
         ("make the red circle green", False),  # wrong value
+        ("change the blue circle to a circle", False),  # the new value names the object
+        ("add a blue circle at the top", False),
     ],
 )
 def test_an_answer_must_name_the_object_and_its_new_value(text: str, correct: bool) -> None:

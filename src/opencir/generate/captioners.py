@@ -16,7 +16,7 @@ from typing import Any
 
 from opencir.data.collections import get_field
 from opencir.generate.client import ChatClient, EndpointConfig, RequestError, user_content
-from opencir.generate.jobs import ImageJob, Outcome
+from opencir.generate.jobs import ImageJob, Outcome, map_batches
 from opencir.generate.prompts import CAPTION_PROMPT, prompt_hash
 
 log = logging.getLogger(__name__)
@@ -239,18 +239,15 @@ class HFCaptioner(Captioner):
             return [" ".join(t.split()) for t in decode(output, skip_special_tokens=True)]
 
     async def caption_many(self, jobs: Sequence[ImageJob]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        size = self.config.batch_size
-        for start in range(0, len(jobs), size):
-            batch = [job.image for job in jobs[start : start + size]]
-            try:
-                texts = await asyncio.to_thread(self.generate, batch)
-            except (RuntimeError, ValueError) as error:
-                log.warning("captioning batch failed: %s", error)
-                outcomes += [Outcome.failed("model_error", str(error)[:200])] * len(batch)
-                continue
-            outcomes += [Outcome.ok(t) if t else Outcome.failed("empty_caption") for t in texts]
-        return outcomes
+        images = [job.image for job in jobs]
+        texts = await map_batches(images, self.config.batch_size, self.generate, "captioning")
+        return [_caption_outcome(text) for text in texts]
+
+
+def _caption_outcome(text: str | Outcome) -> Outcome:
+    if isinstance(text, Outcome):
+        return text
+    return Outcome.ok(text) if text else Outcome.failed("empty_caption")
 
 
 class PairedProcessor:

@@ -78,7 +78,14 @@ def load_causal_lm(source: str, dtype: Any = None) -> Any:
     where = resolve_model_source(source)
     log.info("loading writer model %s", source)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    return AutoModelForCausalLM.from_pretrained(where.directory, **where.kwargs(), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where.directory, **where.kwargs(), **kwargs)
+    if where.gguf_file:
+        # GGUF weights arrive de-quantised into plain tensors; the loader's marker would make
+        # save_pretrained refuse the (merged) model as "quantized and not serializable"
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+    return model
 
 
 def chat_prompt(tokenizer: Any, request: str) -> str:

@@ -8,19 +8,15 @@ decoding gives the same answer every time, so a rejected answer is not asked aga
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 from opencir.generate.causal_lm import generate_answers, load_causal_lm, load_tokenizer
-from opencir.generate.jobs import Outcome, PairJob
-from opencir.generate.prompts import REFORMULATION_PROMPT, prompt_hash, reformulation_request
+from opencir.generate.jobs import Outcome, PairJob, map_batches
+from opencir.generate.prompts import REFORMULATION_PROMPT, prompt_hash
 from opencir.generate.validation import Rejection, validate_change
-from opencir.generate.writers import ChangeWriter, WriterConfig
-
-log = logging.getLogger(__name__)
+from opencir.generate.writers import ChangeWriter, WriterConfig, change_request
 
 
 class HFWriter(ChangeWriter):
@@ -56,37 +52,22 @@ class HFWriter(ChangeWriter):
             self._model = model.to(self.config.device).eval()
         return self._model, self._tokenizer
 
-    def request(self, job: PairJob) -> str:
-        return reformulation_request(
-            job.reference_caption or "",
-            job.target_caption or "",
-            self.prompt,
-            self.config.validation.max_words,
-        )
-
     def answer(self, jobs: Sequence[PairJob]) -> list[str]:
         """Raw answers for a batch of pairs (blocking)."""
         with self._lock:
             model, tokenizer = self._load()
-            requests = [self.request(job) for job in jobs]
+            max_words = self.config.validation.max_words
+            requests = [change_request(job, self.prompt, max_words) for job in jobs]
             return generate_answers(model, tokenizer, requests, self.config.max_new_tokens)
 
-    def _outcome(self, answer: str, job: PairJob) -> Outcome:
+    def _outcome(self, answer: str | Outcome, job: PairJob) -> Outcome:
+        if isinstance(answer, Outcome):  # the batch failed
+            return answer
         result = validate_change(answer, self.config.validation, job.captions)
         if isinstance(result, Rejection):
             return Outcome.rejected(result.reason, result.text[:300])
         return Outcome.ok(result)
 
     async def write_many(self, jobs: Sequence[PairJob]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        size = self.config.batch_size
-        for start in range(0, len(jobs), size):
-            batch = jobs[start : start + size]
-            try:
-                answers = await asyncio.to_thread(self.answer, batch)
-            except (RuntimeError, ValueError) as error:
-                log.warning("writer batch failed: %s", error)
-                outcomes += [Outcome.failed("model_error", str(error)[:200])] * len(batch)
-                continue
-            outcomes += [self._outcome(a, job) for a, job in zip(answers, batch, strict=True)]
-        return outcomes
+        answers = await map_batches(jobs, self.config.batch_size, self.answer, "writer")
+        return [self._outcome(a, job) for a, job in zip(answers, jobs, strict=True)]

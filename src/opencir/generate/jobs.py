@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from opencir.generate.client import REQUEST_FAILURES, Usage
 from opencir.generate.sampling import Pair
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 STATUSES = ("ok", "failed", "rejected")
 NO_USAGE = Usage()
 # Failures a later run may not meet again: the endpoint was down, overloaded, misaddressed or
@@ -94,6 +100,23 @@ class Outcome:
             int(data.get("attempts", 0)),
             cached=True,
         )
+
+
+async def map_batches(
+    items: Sequence[T], size: int, work: Callable[[Sequence[T]], list[R]], what: str
+) -> list[R | Outcome]:
+    """``work`` over ``items`` in batches of ``size``, each in a worker thread (a local model
+    blocks; the event loop keeps serving the other stages). A batch that raises becomes one
+    ``model_error`` failure per item, logged as ``what``."""
+    results: list[R | Outcome] = []
+    for start in range(0, len(items), size):
+        batch = items[start : start + size]
+        try:
+            results += await asyncio.to_thread(work, batch)
+        except (RuntimeError, ValueError) as error:
+            log.warning("%s batch failed: %s", what, error)
+            results += [Outcome.failed("model_error", str(error)[:200])] * len(batch)
+    return results
 
 
 def is_retryable(record: Mapping[str, Any]) -> bool:

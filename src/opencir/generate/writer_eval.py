@@ -7,11 +7,12 @@ target differs from the reference in one attribute of one object — the metadat
 
 * **passes the filters**: :func:`~opencir.generate.validation.validate_change` accepts it
   (≤ 12 plain words, an instruction rather than a description of both images);
-* **names the new value**: the changed attribute's new value appears in it (``large`` also as
-  ``larger``/``bigger``/``big``, ``small`` as ``smaller``/``tiny``, ``center`` as
-  ``centre``/``middle``);
 * **names the object**: one of the changed object's values before the change appears in it
-  (its shape, colour, size or position), so a reader can tell which object to change.
+  (its shape, colour, size or position), so a reader can tell which object to change;
+* **names the new value**: the changed attribute's new value appears in it *after* that
+  first mention of the object (``large`` also as ``larger``/``bigger``/``big``, ``small`` as
+  ``smaller``/``tiny``, ``center`` as ``centre``/``middle``), so "make the red circle blue"
+  counts and "change the blue circle to a circle" or "add a blue circle" do not.
 
 An answer is *correct* when all three hold. Accuracy and pass rate are over all pairs, with
 95% Wilson intervals; triplets/s counts passing answers per second of writing (the model is
@@ -76,10 +77,18 @@ def single_attribute_change(
     return AttributeChange(changed[0], gone[0], new[0][changed[0]])
 
 
-def _mentions(text: str, value: str) -> bool:
-    words = f" {' '.join(re.findall(r'[a-z]+', text.lower()))} "
-    forms = SYNONYMS.get(value, (value,))
-    return any(f" {' '.join(re.findall(r'[a-z]+', form.lower()))} " in words for form in forms)
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _positions(words: Sequence[str], value: str) -> list[int]:
+    """Where (word index) ``value`` or one of its :data:`SYNONYMS` starts in ``words``."""
+    found = []
+    for form in SYNONYMS.get(value, (value,)):
+        phrase = _words(form)
+        width = len(phrase)
+        found += [i for i in range(len(words) - width + 1) if list(words[i : i + width]) == phrase]
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -105,15 +114,18 @@ def judge(job: PairJob, change: AttributeChange, outcome: Outcome) -> Judgement:
     if outcome.status != "ok" or outcome.text is None:
         detail = f"{outcome.status}:{outcome.reason}: {outcome.detail}"
         return Judgement(pair.reference, pair.target, change.field, outcome.status, detail)
-    text = outcome.text
+    words = _words(outcome.text)
+    mentions = [i for value in change.before.values() for i in _positions(words, value)]
+    first = min(mentions, default=None)
+    after = first is not None and any(i > first for i in _positions(words, change.new_value))
     return Judgement(
         pair.reference,
         pair.target,
         change.field,
         "ok",
-        text,
-        names_value=_mentions(text, change.new_value),
-        names_object=any(_mentions(text, value) for value in change.before.values()),
+        outcome.text,
+        names_value=after,
+        names_object=first is not None,
     )
 
 

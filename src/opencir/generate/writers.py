@@ -153,12 +153,14 @@ class LLMWriter(_ModelWriter):
     default_prompt = REFORMULATION_PROMPT
 
     def content(self, job: PairJob) -> str:
-        return reformulation_request(
-            job.reference_caption or "",
-            job.target_caption or "",
-            self.prompt,
-            self.config.validation.max_words,
-        )
+        return change_request(job, self.prompt, self.config.validation.max_words)
+
+
+def change_request(job: PairJob, template: str, max_words: int) -> str:
+    """The request for a pair's change from its two captions (the ``llm`` and ``hf`` writers)."""
+    return reformulation_request(
+        job.reference_caption or "", job.target_caption or "", template, max_words
+    )
 
 
 class PairVLMWriter(_ModelWriter):
