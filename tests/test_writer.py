@@ -119,6 +119,19 @@ def test_a_seed_row_without_text_is_named(tmp_path: Path) -> None:
         read_seeds([path])
 
 
+def test_a_gguf_inside_an_installed_package_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "some_gguf_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (package / "model.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = resolve_model_source("some_gguf_package/model.gguf")
+    assert (source.directory, source.gguf_file) == (package, "model.gguf")
+    assert resolve_model_source(str(package / "model.gguf")) == source
+
+
 def test_a_missing_model_names_the_forms_it_takes() -> None:
     with pytest.raises(FileNotFoundError, match=r"save_pretrained directory, a \.gguf"):
         resolve_model_source("no/such-model.gguf")
