@@ -8,7 +8,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
-        help="train one stage (pretrain, cir, combiner) from a YAML recipe",
+        help="train one stage (pretrain, cir, combiner, lm, writer) from a YAML recipe",
         description=(
             "Train from a recipe. Overrides are key=value pairs (YAML values), e.g. "
             "steps=200 optim.lr=3e-4 data.labelled_ratio=0.25 model_overrides.ema=false. "
