@@ -322,7 +322,7 @@ def test_resolve_model_spellings(tiny: dict, tmp_path: Path) -> None:
     assert resolve_model("image-only-tiny").config.name == "image-only-tiny"
     with pytest.raises(ValueError, match="neither a checkpoint folder"):
         resolve_model(tmp_path / "missing-dir")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="neither an existing folder nor a Hugging Face repo id"):
         resolve_model(f"sum-tiny@{tmp_path / 'missing'}")
 
 
