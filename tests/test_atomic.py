@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import opencir
 from opencir.atomic import (
     OutputLockedError,
     atomic_open,
@@ -16,6 +17,7 @@ from opencir.atomic import (
     exclusive_lock,
     staging_dir,
 )
+from opencir.train.checkpointing import save_training_checkpoint
 
 
 @pytest.fixture
@@ -80,3 +82,12 @@ def test_a_second_holder_of_an_exclusive_lock_is_refused_at_once(tmp_path: Path)
     assert not lock.exists()  # removed by its last holder
     with exclusive_lock(lock, "free again"):
         pass
+
+
+def test_saved_checkpoints_get_the_usual_mode(tmp_path: Path, umask_027: None) -> None:
+    model = opencir.create_model("sum-tiny")
+    model.save(tmp_path / "final")
+    assert _mode(tmp_path / "final") == 0o750
+    assert _mode(tmp_path / "final" / "config.json") == 0o640
+    step = save_training_checkpoint(tmp_path / "checkpoints", 3, model, {"step": 3}, keep=2)
+    assert _mode(step) == 0o750

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from opencir.atomic import fsync_tree, swap_in
+from opencir.atomic import fsync_tree, staging_dir, swap_in
 from opencir.models.base_weights import restore_external, split_external
 from opencir.models.card import (
     CardRecords,
@@ -56,7 +55,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = staging_dir(directory.parent, f".{directory.name}.")
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         header: dict = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}

@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from opencir.atomic import atomic_write, swap_in
+from opencir.atomic import atomic_write, staging_dir, swap_in
 from opencir.models.base import CIRModel
 from opencir.models.base_weights import restore_external
 from opencir.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -77,7 +76,7 @@ def save_training_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     clean_staging(root)
     name = f"step-{step:06d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    staging = staging_dir(root, f".{name}.")
     try:
         model.save(staging / "model")
         torch.save(state, staging / STATE_FILE)
