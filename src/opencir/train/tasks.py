@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from opencir.models.backbones import DualEncoderTower
 from opencir.models.base import CIRModel
+from opencir.models.base_weights import load_text_source
 from opencir.models.checkpoint import is_checkpoint
 from opencir.models.loading import BACKBONE_META, resolve_source
 from opencir.models.mllm import MLLMEmbedder, load_vision_encoder
@@ -69,9 +70,9 @@ def load_text_encoder(model: CIRModel, source: str) -> None:
     if not towers:
         raise ValueError("text_init only applies to models on a 'dual' backbone")
     location, _ = resolve_source(source)
-    text = AutoModel.from_pretrained(location, local_files_only=True, add_pooling_layer=False)
+    weights = load_text_source(source)
     for tower in towers:
-        result = tower.hf.text_model.load_state_dict(text.state_dict(), strict=False)
+        result = tower.hf.text_model.load_state_dict(weights, strict=False)
         if any("pooler" not in key for key in result.missing_keys) or result.unexpected_keys:
             raise ValueError(f"text_init {source!r} does not fit the text tower: {result}")
     model.tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
