@@ -148,6 +148,10 @@ class TrainConfig:
     change writer: LoRA on a chat LM, whose ``model`` is a directory or GGUF, on
     ``data.seeds``).
 
+    ``hard_negatives`` (cir/combiner): every triplet also gets that many of its target's
+    nearest images in the training pool as extra negatives (:mod:`opencir.train.negatives`).
+    ``reference_negatives`` makes every reference image an extra negative.
+
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
     ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
     """
@@ -160,6 +164,7 @@ class TrainConfig:
     grad_accum: int = 1
     temperature: float = 0.07
     reference_negatives: bool = False
+    hard_negatives: int = 0
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None
@@ -197,6 +202,12 @@ class TrainConfig:
             raise ValueError(f"precision must be auto/fp32/bf16, got {self.precision!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.hard_negatives and self.stage not in ("cir", "combiner"):
+            raise ValueError(
+                f"hard_negatives applies to the cir and combiner stages, not {self.stage!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,9 +23,12 @@ ImageLoader = Callable[[str], Image.Image]
 
 @dataclass(frozen=True)
 class TripletExample:
+    """One training triplet; ``negatives`` are image keys used as its extra negatives."""
+
     reference: str
     text: str
     target: str
+    negatives: tuple[str, ...] = ()
 
 
 class TripletDataset(Dataset):
@@ -41,11 +44,14 @@ class TripletDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.triplets[index]
-        return {
+        example = {
             "reference": self.load_image(row.reference),
             "text": row.text,
             "target": self.load_image(row.target),
         }
+        if row.negatives:
+            example["negatives"] = [self.load_image(key) for key in row.negatives]
+        return example
 
 
 class PairDataset(Dataset):
@@ -141,6 +147,8 @@ class Collate:
         for field in ("reference", "target", "image"):
             if field in examples[0]:
                 batch[field] = self.preprocess([e[field] for e in examples])
+        if "negatives" in examples[0]:  # the same count per example: [B·n] images, row-major
+            batch["negatives"] = self.preprocess([im for e in examples for im in e["negatives"]])
         batch["tokens"] = self.tokenizer([e["text"] for e in examples])
         return batch
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from opencir.train.checkpointing import (
@@ -31,7 +31,7 @@ from opencir.train.checkpointing import (
     set_rng_state,
 )
 from opencir.train.config import TrainConfig
-from opencir.train.data import Collate, MixtureSampler, move_to
+from opencir.train.data import Collate, MixtureSampler, TripletDataset, move_to
 from opencir.train.distributed import (
     DistContext,
     ddp_device_ids,
@@ -42,6 +42,7 @@ from opencir.train.distributed import (
     resolve_device,
     shutdown,
 )
+from opencir.train.negatives import KeyEmbedder, attach_hard_negatives, image_key_embedder
 from opencir.train.sources import build_dataset
 from opencir.train.stages import make_task
 from opencir.train.tasks import StepModule, Task
@@ -258,9 +259,11 @@ class Trainer:
             )
         _seed_everything(random.Random(f"{self.config.seed}-{self.step}-{rank}").getrandbits(32))
 
-    def _loader(self) -> Iterator[dict[str, Any]]:
+    def _loader(self, progress: bool = False) -> Iterator[dict[str, Any]]:
         config, ctx = self.config, self.ctx
         dataset, n_generated, n_labelled = build_dataset(config)
+        if config.hard_negatives:
+            self._attach_hard_negatives(dataset, progress)
         # one global batch per optimizer step; this rank's share comes in grad_accum pieces
         sampler = MixtureSampler(
             n_generated,
@@ -288,6 +291,22 @@ class Trainer:
                 generator=torch.Generator().manual_seed(config.seed),
             )
         )
+
+    def _attach_hard_negatives(self, dataset: Dataset, progress: bool) -> None:
+        """Mine each triplet's nearest images with the target encoder as it is now."""
+        preprocess = self.model.image_preprocessor()
+
+        def encode(images: list) -> torch.Tensor:
+            return self.model.forward_target(preprocess(images).to(self.device))
+
+        def embedder(part: TripletDataset) -> KeyEmbedder:
+            return image_key_embedder(encode, part.load_image, progress=progress)
+
+        self.model.eval()
+        try:
+            attach_hard_negatives(dataset, embedder, self.config.hard_negatives, self.out_dir)
+        finally:
+            self.model.train()
 
     def _loss(self, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
         """This rank's loss and the whole batch's: the mean over the ranks.
@@ -410,7 +429,7 @@ class Trainer:
         metrics = (
             MetricLog(self.out_dir, self.step, config.tensorboard) if self.ctx.is_main else None
         )
-        batches = self._loader()
+        batches = self._loader(progress and self.ctx.is_main)
         losses: list[float] = []
         bar = tqdm(
             total=end,

@@ -177,14 +177,17 @@ class CIRTask(Task):
         return params
 
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Queries, then the candidates: targets, references and mined hard negatives."""
         queries = self.model.forward_query(batch["reference"], batch["tokens"])
-        targets = self.model.forward_target(batch["target"])
-        if not self.config.reference_negatives:
-            return queries, targets
-        return queries, targets, self.model.forward_target(batch["reference"])
+        outputs = (queries, self.model.forward_target(batch["target"]))
+        if self.config.reference_negatives:
+            outputs += (self.model.forward_target(batch["reference"]),)
+        if "negatives" in batch:
+            outputs += (self.model.forward_target(batch["negatives"]),)
+        return outputs
 
     def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
-        """Eq. 2 over the gathered targets (+ every reference image as an extra negative)."""
+        """Eq. 2 over the gathered targets; references and hard negatives add negatives."""
         queries, *candidates = outputs
         all_candidates = torch.cat([gather_with_grad(c, ctx) for c in candidates])
         offset = ctx.row_offset(queries.shape[0])
