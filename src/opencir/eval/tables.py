@@ -110,11 +110,11 @@ def paired_cell(row: Row, baseline: Row, metric: str, resamples: int = DEFAULT_R
         return "-"
     _check_same_queries(row.runs[0], baseline.runs[0], f"rows {row.name!r} and {baseline.name!r}")
     test = paired_test(values, base, resamples=resamples)
-    return f"{test.delta:+.2f} [{test.low:+.2f}, {test.high:+.2f}] p={_format_p(test.p_value)}"
+    return f"{test.delta:+.2f} [{test.low:+.2f}, {test.high:+.2f}] {_format_p(test.p_value)}"
 
 
 def _format_p(p: float) -> str:
-    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+    return f"p={p:.3f}" if p >= 0.001 else "p<0.001"
 
 
 def markdown_table(
