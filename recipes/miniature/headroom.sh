@@ -49,6 +49,8 @@ train fit "${ON_A[@]}"
 evaluate fit "$OUT/fit/final"
 train fit-hard4 "${ON_A[@]}" hard_negatives=4
 evaluate fit-hard4 "$OUT/fit-hard4/final"
+train fit-1200 "${ON_A[@]}" steps=1200
+evaluate fit-1200 "$OUT/fit-1200/final"
 train fit-hard4-1200 "${ON_A[@]}" hard_negatives=4 steps=1200
 evaluate fit-hard4-1200 "$OUT/fit-hard4-1200/final"
 
@@ -64,7 +66,7 @@ echo >> "$OUT/table.md"
   --baseline "S1 on 2,200 GT triplets of world B" >> "$OUT/table.md"
 echo >> "$OUT/table.md"
 "$OPENCIR" results image-only="$R/image-only.json" "S1 trained on these queries=$R/fit.json" \
-  "same + 4 hard negatives=$R/fit-hard4.json" \
+  "same + 4 hard negatives=$R/fit-hard4.json" "same, 1,200 steps=$R/fit-1200.json" \
   "same + 4 hard negatives, 1,200 steps=$R/fit-hard4-1200.json" --metrics R@1,R@5,R@10,R@50 \
   --baseline "S1 trained on these queries" >> "$OUT/table.md"
 cat "$OUT/table.md"
