@@ -12,7 +12,13 @@ from PIL import Image
 from opencir.train import DataConfig, train
 from opencir.train.config import TrainConfig
 from opencir.train.data import Collate, TripletDataset, TripletExample
-from opencir.train.negatives import NEGATIVES_FILE, nearest_negatives
+from opencir.train.negatives import (
+    NEGATIVES_FILE,
+    attach_pair_negatives,
+    nearest_caption_negatives,
+    nearest_negatives,
+)
+from opencir.train.sources import build_dataset
 from opencir.train.tasks import CIRTask
 from tests.test_train import _config, _triplets
 
@@ -76,8 +82,53 @@ def test_training_with_hard_negatives_resumes_on_the_same_curve(world, tmp_path:
     assert plain.losses[0] < full.losses[0]  # more candidates, higher first-step loss
 
 
-def test_hard_negatives_are_refused_outside_the_triplet_stages(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cir and combiner"):
-        _config(tmp_path, stage="pretrain", model="sum-dual-tiny", hard_negatives=1)
+def test_pretraining_pairs_bring_their_nearest_other_captions() -> None:
+    captions = ["a", "b", "a", "c", "d"]  # pairs 0 and 2 share a caption: never each other's
+    mined = nearest_caption_negatives(captions, _embed, count=2)
+    # a (0°) → b (20°), d (50°); each caption stands for the first pair carrying it
+    assert mined == [(1, 4), (0, 4), (1, 4), (4, 1), (1, 0)]
+    with pytest.raises(ValueError, match="at least 5 distinct captions"):
+        nearest_caption_negatives(captions, _embed, count=4)
+
+
+def test_pretraining_batches_hold_the_mined_pairs_after_their_own(world, tmp_path: Path) -> None:
+    def config(name: str, **changes) -> TrainConfig:
+        return _config(tmp_path, stage="pretrain", model="sum-dual-tiny",
+                       out_dir=str(tmp_path / name),
+                       data=DataConfig(pairs=str(world / "images.jsonl")), **changes)  # fmt: skip
+
+    full = train(config("hn", hard_negatives=2), progress=False)
+    saved = json.loads((tmp_path / "hn" / NEGATIVES_FILE).read_text())
+    assert all(len(row) == 2 for row in saved["negatives"])
+    dataset, _, _ = build_dataset(config("hn", hard_negatives=2))
+    attach_pair_negatives(dataset, _must_not_embed, 2, tmp_path / "hn")  # reads the saved lists
+    negative_captions = [dataset.pairs[i][1] for i in saved["negatives"][0]]
+    assert dataset[0]["negative_texts"] == negative_captions
+    assert dataset.pairs[0][1] not in negative_captions
+    batch = Collate(lambda images: torch.zeros(len(images), 3), lambda texts: {"n": len(texts)})(
+        [dataset[0], dataset[1]]
+    )
+    assert batch["image"].shape[0] == 2 and batch["negatives"].shape[0] == 4
+    assert batch["tokens"] == {"n": 6}  # the 2 captions, then the 4 negatives' captions
+
+    resumable = config("resumed", hard_negatives=2)
+    train(resumable, progress=False, stop_at=2)
+    resumed = train(resumable, resume="latest", progress=False)
+    assert resumed.losses == pytest.approx(full.losses[2:], abs=1e-6)
+    plain = train(config("plain"), progress=False)
+    assert plain.losses[0] < full.losses[0]  # more candidates, higher first-step loss
+
+
+def _must_not_embed(captions) -> torch.Tensor:
+    raise AssertionError("the saved hard negatives should have been reused")
+
+
+def test_hard_negatives_are_refused_where_nothing_is_mined(world, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pretrain, cir and combiner"):
+        _config(tmp_path, stage="lm", model="mllm-tiny", hard_negatives=1)
+    pairs = DataConfig(pairs=str(world / "images.jsonl"))
+    mllm = _config(tmp_path, stage="pretrain", model="mllm-tiny", hard_negatives=1, data=pairs)
+    with pytest.raises(ValueError, match="needs a dual-encoder model"):
+        train(mllm, progress=False)
     with pytest.raises(ValueError, match=">= 0"):
         _config(tmp_path, hard_negatives=-1)

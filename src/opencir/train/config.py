@@ -149,7 +149,9 @@ class TrainConfig:
     ``data.seeds``).
 
     ``hard_negatives`` (cir/combiner): every triplet also gets that many of its target's
-    nearest images in the training pool as extra negatives (:mod:`opencir.train.negatives`).
+    nearest images in the training pool as extra negatives; (pretrain) every image–caption
+    pair brings that many pairs with the nearest other captions, so a batch holds
+    ``batch_size × (1 + hard_negatives)`` pairs (:mod:`opencir.train.negatives`).
     ``reference_negatives`` makes every reference image an extra negative.
 
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
@@ -204,9 +206,10 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.hard_negatives < 0:
             raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
-        if self.hard_negatives and self.stage not in ("cir", "combiner"):
+        if self.hard_negatives and self.stage not in ("cir", "combiner", "pretrain"):
             raise ValueError(
-                f"hard_negatives applies to the cir and combiner stages, not {self.stage!r}"
+                f"hard_negatives applies to the pretrain, cir and combiner stages, "
+                f"not {self.stage!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:

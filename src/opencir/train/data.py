@@ -66,6 +66,8 @@ class PairDataset(Dataset):
         if not pairs:
             raise ValueError("PairDataset got no image–caption pairs: check data.pairs")
         self.pairs, self.load_image, self.with_images = list(pairs), load_image, with_images
+        # per pair, indices of the pairs that come with it as extra negatives (hard_negatives)
+        self.negatives: list[tuple[int, ...]] = []
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -74,7 +76,12 @@ class PairDataset(Dataset):
         key, caption = self.pairs[index]
         if not self.with_images:
             return {"text": caption}
-        return {"image": self.load_image(key), "text": caption}
+        example = {"image": self.load_image(key), "text": caption}
+        if self.negatives:
+            extra = [self.pairs[i] for i in self.negatives[index]]
+            example["negatives"] = [self.load_image(k) for k, _ in extra]
+            example["negative_texts"] = [c for _, c in extra]
+        return example
 
 
 class MixtureSampler(Sampler[int]):
@@ -149,7 +156,10 @@ class Collate:
                 batch[field] = self.preprocess([e[field] for e in examples])
         if "negatives" in examples[0]:  # the same count per example: [B·n] images, row-major
             batch["negatives"] = self.preprocess([im for e in examples for im in e["negatives"]])
-        batch["tokens"] = self.tokenizer([e["text"] for e in examples])
+        texts = [e["text"] for e in examples]
+        # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
+        texts += [text for e in examples for text in e.get("negative_texts", ())]
+        batch["tokens"] = self.tokenizer(texts)
         return batch
 
 

@@ -31,7 +31,7 @@ from opencir.train.checkpointing import (
     set_rng_state,
 )
 from opencir.train.config import TrainConfig
-from opencir.train.data import Collate, MixtureSampler, TripletDataset, move_to
+from opencir.train.data import Collate, MixtureSampler, PairDataset, TripletDataset, move_to
 from opencir.train.distributed import (
     DistContext,
     ddp_device_ids,
@@ -42,10 +42,15 @@ from opencir.train.distributed import (
     resolve_device,
     shutdown,
 )
-from opencir.train.negatives import KeyEmbedder, attach_hard_negatives, image_key_embedder
+from opencir.train.negatives import (
+    KeyEmbedder,
+    attach_hard_negatives,
+    attach_pair_negatives,
+    image_key_embedder,
+)
 from opencir.train.sources import build_dataset
 from opencir.train.stages import make_task
-from opencir.train.tasks import StepModule, Task
+from opencir.train.tasks import PretrainTask, StepModule, Task
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +298,21 @@ class Trainer:
         )
 
     def _attach_hard_negatives(self, dataset: Dataset, progress: bool) -> None:
-        """Mine each triplet's nearest images with the target encoder as it is now."""
+        """Mine each triplet's nearest images with the target encoder as it is now (or, in
+        pretraining, each pair's nearest captions with the text encoder)."""
+        if isinstance(dataset, PairDataset):
+            if not isinstance(self.task, PretrainTask):
+                raise ValueError(
+                    f"hard_negatives in the pretrain stage needs a dual-encoder model, not "
+                    f"{self.config.model!r}"
+                )
+            self.model.eval()
+            try:
+                embed = self.task.caption_embedder(self.device, progress)
+                attach_pair_negatives(dataset, embed, self.config.hard_negatives, self.out_dir)
+            finally:
+                self.model.train()
+            return
         preprocess = self.model.image_preprocessor()
 
         def encode(images: list) -> torch.Tensor:

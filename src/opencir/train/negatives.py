@@ -13,6 +13,12 @@ target itself and the triplet's own reference (which ``reference_negatives`` cov
 image showing exactly the target's content would be mined as a negative too; keys cannot tell
 such copies apart. The lists are saved in the run folder, so a resumed run trains on the same
 ones as an uninterrupted run.
+
+The pretraining stage takes ``hard_negatives`` too: every image–caption pair brings the pairs
+whose captions are nearest to its own (by the text encoder, which is pretrained while the
+image tower starts from scratch), so the contrastive loss must tell apart images whose
+descriptions differ in one detail. Pairs with exactly the same caption are never mined as
+each other's negatives.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from opencir.atomic import atomic_write
-from opencir.train.data import TripletDataset, TripletExample
+from opencir.train.data import PairDataset, TripletDataset, TripletExample
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +58,57 @@ def nearest_negatives(
             f"training triplets, got {len(keys)}"
         )
     position = {key: i for i, key in enumerate(keys)}
-    pool = embed(keys)
     targets = torch.tensor([position[t.target] for t in triplets])
     references = torch.tensor([position[t.reference] for t in triplets])
-    mined: list[tuple[str, ...]] = []
-    for start in range(0, len(triplets), chunk):
-        rows = torch.arange(min(chunk, len(triplets) - start))
-        scores = pool[targets[start : start + chunk]] @ pool.T
-        scores[rows, targets[start : start + chunk]] = float("-inf")
-        scores[rows, references[start : start + chunk]] = float("-inf")
-        nearest = torch.topk(scores, count, dim=1, sorted=True).indices.tolist()
-        mined += [tuple(keys[j] for j in row) for row in nearest]
-    return mined
+    nearest = nearest_rows(embed(keys), targets, count, [targets, references], chunk)
+    return [tuple(keys[j] for j in row) for row in nearest]
+
+
+def nearest_rows(
+    pool: torch.Tensor,
+    queries: torch.Tensor,
+    count: int,
+    excluded: Sequence[torch.Tensor],
+    chunk: int = 2048,
+) -> list[list[int]]:
+    """For each pool row ``queries[i]``, the ``count`` nearest pool rows (dot product).
+
+    Row ``excluded[k][i]`` of the pool is never chosen for query ``i``; ties go to the lower
+    row. ``pool`` is ``[N, D]`` (L2-normalised for cosine), ``queries`` and each of
+    ``excluded`` are ``[Q]`` row indices.
+    """
+    out: list[list[int]] = []
+    for start in range(0, len(queries), chunk):
+        stop = min(start + chunk, len(queries))
+        rows = torch.arange(stop - start)
+        scores = pool[queries[start:stop]] @ pool.T
+        for columns in excluded:
+            scores[rows, columns[start:stop]] = float("-inf")
+        out += torch.topk(scores, count, dim=1, sorted=True).indices.tolist()
+    return out
+
+
+def nearest_caption_negatives(
+    captions: Sequence[str], embed_texts: Callable[[Sequence[str]], torch.Tensor], count: int
+) -> list[tuple[int, ...]]:
+    """For each pair, ``count`` pairs whose captions are nearest to its own and different.
+
+    Distinct captions are embedded once (``embed_texts`` gives L2-normalised rows); each
+    neighbouring caption stands for the first pair that carries it.
+    """
+    distinct = sorted(set(captions))
+    if len(distinct) < count + 1:
+        raise ValueError(
+            f"hard_negatives={count} needs at least {count + 1} distinct captions in "
+            f"data.pairs, got {len(distinct)}"
+        )
+    row_of = {caption: i for i, caption in enumerate(distinct)}
+    first_pair: dict[int, int] = {}
+    for index, caption in enumerate(captions):
+        first_pair.setdefault(row_of[caption], index)
+    own = torch.tensor([row_of[c] for c in captions])
+    nearest = nearest_rows(embed_texts(distinct), own, count, [own])
+    return [tuple(first_pair[j] for j in row) for row in nearest]
 
 
 def attach_hard_negatives(
@@ -76,18 +121,52 @@ def attach_hard_negatives(
     was written for the same triplets and count, else mined and written there.
     """
     parts = _triplet_parts(dataset)
-    fingerprint = _fingerprint(parts, count)
-    saved = _read_saved(run_dir / NEGATIVES_FILE, fingerprint)
-    lists = saved if saved is not None else [
-        nearest_negatives(part.triplets, embedder(part), count) for part in parts
-    ]  # fmt: skip
-    if saved is None:
-        payload = {"fingerprint": fingerprint, "count": count, "negatives": lists}
-        atomic_write(run_dir / NEGATIVES_FILE, json.dumps(payload).encode())
+    lists = _saved_or_mined(
+        run_dir,
+        _fingerprint(parts, count),
+        count,
+        lambda: [nearest_negatives(part.triplets, embedder(part), count) for part in parts],
+    )
     for part, negatives in zip(parts, lists, strict=True):
         part.triplets = [
             replace(t, negatives=tuple(n)) for t, n in zip(part.triplets, negatives, strict=True)
         ]
+
+
+def attach_pair_negatives(
+    dataset: PairDataset,
+    embed_texts: Callable[[Sequence[str]], torch.Tensor],
+    count: int,
+    run_dir: Path,
+) -> None:
+    """Give every pair of ``dataset`` the ``count`` pairs with the nearest other captions.
+
+    Saved in and reused from ``run_dir/hard_negatives.json`` like the triplets' lists.
+    """
+    captions = [caption for _, caption in dataset.pairs]
+    digest = hashlib.sha256(str(count).encode())
+    for key, caption in dataset.pairs:
+        digest.update(f"{key}\0{caption}\0".encode())
+    dataset.negatives = [
+        tuple(row)
+        for row in _saved_or_mined(
+            run_dir,
+            digest.hexdigest(),
+            count,
+            lambda: nearest_caption_negatives(captions, embed_texts, count),
+        )
+    ]
+
+
+def _saved_or_mined(run_dir: Path, fingerprint: str, count: int, mine: Callable[[], list]) -> list:
+    """The lists saved in ``run_dir`` for ``fingerprint``, else ``mine()``, saved there."""
+    saved = _read_saved(run_dir / NEGATIVES_FILE, fingerprint)
+    if saved is not None:
+        return saved
+    lists = mine()
+    payload = {"fingerprint": fingerprint, "count": count, "negatives": lists}
+    atomic_write(run_dir / NEGATIVES_FILE, json.dumps(payload).encode())
+    return lists
 
 
 def image_key_embedder(

@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from opencir.models.backbones import DualEncoderTower
@@ -120,11 +122,14 @@ class PretrainTask(Task):
         return [p for p in tower.parameters() if id(p) not in unused]
 
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and caption embeddings, the mined negative pairs (if any) after the batch's."""
         tower = self.model.tower
-        images = nn.functional.normalize(tower.encode_image(batch["image"]), dim=-1)
-        tokens = batch["tokens"]
+        images, tokens = batch["image"], batch["tokens"]
+        if "negatives" in batch:  # their captions are already in ``tokens``, after the batch's
+            images = torch.cat([images, batch["negatives"]])
+        image_embeddings = nn.functional.normalize(tower.encode_image(images), dim=-1)
         texts = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
-        return images, nn.functional.normalize(texts, dim=-1)
+        return image_embeddings, nn.functional.normalize(texts, dim=-1)
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
         images, texts = outputs
@@ -132,6 +137,25 @@ class PretrainTask(Task):
         all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
         scale = self.model.tower.hf.logit_scale
         return clip_loss(images, texts, all_images, all_texts, scale, offset)
+
+    def caption_embedder(
+        self, device: torch.device, progress: bool = False, batch_size: int = 256
+    ) -> Callable[[Sequence[str]], torch.Tensor]:
+        """Captions → L2-normalised pooled text embeddings (for mining hard negatives)."""
+        tower, tokenizer = self.model.tower, self.text_tokenizer()
+
+        @torch.no_grad()
+        def embed(captions: Sequence[str]) -> torch.Tensor:
+            out = []
+            starts = range(0, len(captions), batch_size)
+            for start in tqdm(starts, desc="mining hard negatives", disable=not progress):
+                tokens = tokenizer(list(captions[start : start + batch_size]))
+                tokens = {k: v.to(device) for k, v in tokens.items()}
+                pooled = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
+                out.append(nn.functional.normalize(pooled.float(), dim=-1).cpu())
+            return torch.cat(out)
+
+        return embed
 
     def export(self, out_dir: Path) -> Path:
         """The OpenCIR checkpoint plus a Hugging Face backbone dir usable as ``pretrained=``."""
