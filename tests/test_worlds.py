@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from opencir.cli import main
 from opencir.data.worlds import emoji as emoji_world
 from opencir.data.worlds import (
     generate_emoji_world,
@@ -22,11 +23,14 @@ from opencir.data.worlds import (
     read_world_info,
     shapes,
 )
+from opencir.data.worlds.triplets import export_world_triplets
 from opencir.eval.benchmark import BenchmarkSplit
 from opencir.eval.benchmarks.common import MalformedDatasetFileError, MissingDatasetFileError
 from opencir.eval.benchmarks.worlds import load_world_split
 
-SMALL_SHAPES = dict(n_train=60, n_test=70, n_queries=12, n_val_queries=4, progress=False)
+SMALL_SHAPES = dict(
+    n_train=60, n_test=70, n_queries=12, n_val_queries=4, n_train_queries=5, progress=False
+)
 SMALL_EMOJI = dict(n_train=50, n_test=60, n_queries=24, n_val_queries=6, progress=False)
 
 
@@ -161,7 +165,7 @@ def test_shapes_sides_are_disjoint(shapes_root: Path) -> None:
     assert all(r["id"].startswith(r["split"]) for r in images.values())
 
 
-@pytest.mark.parametrize("split,side", [("test", "test"), ("val", "train")])
+@pytest.mark.parametrize("split,side", [("test", "test"), ("val", "train"), ("train", "train")])
 def test_shapes_targets_are_exactly_the_edited_scenes(shapes_root: Path, split, side) -> None:
     images = _images(shapes_root)
     gallery = {
@@ -174,6 +178,17 @@ def test_shapes_targets_are_exactly_the_edited_scenes(shapes_root: Path, split, 
         assert q["kind"] == q["edit"]["kind"] and 1 <= len(_apply(ref, q["edit"])) <= 5
         matching = {i for i, key in gallery.items() if key == wanted} - {q["reference"]}
         assert set(q["targets"]) == matching and q["reference"] not in q["targets"]
+
+
+def test_shapes_training_queries_are_plain_and_apart_from_val(shapes_root: Path, tmp_path) -> None:
+    train, val = (_jsonl(shapes_root / f"queries.{s}.jsonl") for s in ("train", "val"))
+    assert len(train) == 5 and {q["style"] for q in train} == {phrasing.PLAIN}
+    placed = [{i for q in qs for i in (q["reference"], *q["distractors"])} for qs in (train, val)]
+    assert not placed[0] & placed[1]  # each query has its own reference and distractors
+    out = export_world_triplets(shapes_root, "train", tmp_path / "gt")
+    rows = _jsonl(out / "triplets.jsonl")
+    assert len(rows) == sum(len(q["targets"]) for q in train)
+    assert {r["provenance"]["split"] for r in rows} == {"train"}
 
 
 def test_shapes_multiple_ground_truths_and_kinds(shapes_root: Path) -> None:
@@ -327,3 +342,14 @@ def test_adapter_errors_are_clear(shapes_root: Path, tmp_path: Path) -> None:
         load_world_split(shapes_root, "train")
     with pytest.raises(ValueError, match="not emojicir"):
         load_world_split(shapes_root, "test", "emojicir")
+
+
+def test_world_cli_writes_and_exports_training_queries(tmp_path: Path) -> None:
+    root, out = tmp_path / "shapes", tmp_path / "gt"
+    args = ["--n-train", "80", "--n-test", "60", "--queries", "4", "--val-queries", "3"]
+    assert main(["world", "shapes", "--out", str(root), *args, "--train-queries", "6"]) == 0
+    assert len(_jsonl(root / "queries.train.jsonl")) == 6
+    assert (
+        main(["world", "triplets", "--root", str(root), "--split", "train", "--out", str(out)]) == 0
+    )
+    assert {r["provenance"]["split"] for r in _jsonl(out / "triplets.jsonl")} == {"train"}

@@ -20,6 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         world.add_argument("--n-test", type=int, help="test gallery images")
         world.add_argument("--queries", type=int, default=300, help="test queries")
         world.add_argument("--val-queries", type=int, default=100, help="val queries (train side)")
+        if name == "shapes":
+            world.add_argument(
+                "--train-queries",
+                type=int,
+                default=0,
+                help="ground-truth queries on the train side for supervised training, apart "
+                "from the val queries (export them with `world triplets --split train`)",
+            )
         world.add_argument("--seed", type=int, default=0)
         world.add_argument("--image-size", type=int, default=64)
         world.add_argument("--workers", type=int, default=0, help="render processes")
@@ -27,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         world.set_defaults(handler=run_generate)
     triplets = kinds.add_parser("triplets", help="export a world's queries as GT triplets")
     triplets.add_argument("--root", required=True, help="world root directory")
-    triplets.add_argument("--split", default="val", choices=("val", "test"))
+    triplets.add_argument("--split", default="val", choices=("train", "val", "test"))
     triplets.add_argument("--out", required=True, help="triplet folder to write")
     triplets.set_defaults(handler=run_triplets)
 
@@ -36,10 +44,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from opencir.data.worlds import generate_emoji_world, generate_shapes_world
 
     generate = generate_shapes_world if args.world_command == "shapes" else generate_emoji_world
-    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_test", args.n_test)) if v is not None}
+    options = {k: v for k, v in (("n_train", args.n_train), ("n_test", args.n_test)) if v is not None}
+    if getattr(args, "train_queries", 0):
+        options["n_train_queries"] = args.train_queries
     info = generate(
         args.out, n_queries=args.queries, n_val_queries=args.val_queries, seed=args.seed,
-        image_size=args.image_size, workers=args.workers, overwrite=args.overwrite, **sizes,
+        image_size=args.image_size, workers=args.workers, overwrite=args.overwrite, **options,
     )  # fmt: skip
     counts = ", ".join(f"{k}={v}" for k, v in info.counts.items())
     print(f"{info.world} world at {args.out}: {counts}")

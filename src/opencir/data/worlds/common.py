@@ -4,6 +4,7 @@
 
     ROOT/images/<id>.png
     ROOT/images.jsonl          id, file, alt_text, attributes, split ("train" | "test")
+    ROOT/queries.train.jsonl   optional: more queries over train-side images (supervised training)
     ROOT/queries.val.jsonl     queries over train-side images (model selection)
     ROOT/queries.test.jsonl    queries over test-side images (the benchmark)
     ROOT/world.json            world, seed, version, counts, params — written last (done-marker)
@@ -42,14 +43,14 @@ IMAGES_DIR = "images"
 IMAGES_FILE = "images.jsonl"
 WORLD_FILE = "world.json"
 SIDES = ("train", "test")
-QUERY_SPLITS = ("val", "test")
+QUERY_SPLITS = ("train", "val", "test")
 _CHUNK = 256  # images handed to the worker pool at a time (bounds memory)
 
 Renderer = Callable[[Any], Image.Image]
 
 
 def queries_file(split: str) -> str:
-    """File name of the queries of ``split`` ("val" or "test")."""
+    """File name of the queries of ``split`` ("train", "val" or "test")."""
     if split not in QUERY_SPLITS:
         raise ValueError(f"worlds have queries for {QUERY_SPLITS}, not {split!r}")
     return f"queries.{split}.jsonl"

@@ -67,6 +67,7 @@ class ShapesConfig:
     n_test: int = 2_000
     n_queries: int = 300
     n_val_queries: int = 100
+    n_train_queries: int = 0
     seed: int = 0
     image_size: int = 64
     min_objects: int = 1
@@ -82,7 +83,8 @@ class ShapesConfig:
             )
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {self.image_size}")
-        if min(self.n_train, self.n_test, self.n_queries, self.n_val_queries) < 0:
+        counts = (self.n_train, self.n_test, self.n_queries, self.n_val_queries)
+        if min(*counts, self.n_train_queries) < 0:
             raise ValueError("image and query counts must be >= 0")
         if self.n_distractors < 0 or not 0.0 <= self.twin_rate <= 1.0:
             raise ValueError("n_distractors must be >= 0 and twin_rate in [0, 1]")
@@ -540,25 +542,34 @@ def _query_records(split: str, placed: _Placed, index: DigestIndex) -> Iterator[
         )
 
 
+class _SplitPlan(NamedTuple):
+    """The queries one split places on a side: its name and each query's phrasing style."""
+
+    split: str
+    styles: Sequence[str]
+
+
 def _write_side(
     writer: WorldWriter,
     cfg: ShapesConfig,
     side: str,
-    split: str,
-    n_queries: int,
-    styles: Sequence[str],
+    plans: Sequence[_SplitPlan],
     rng: random.Random,
     forbidden: set[int],
 ) -> DigestIndex:
-    """Plan, render and write one side (images then its queries); return its digest index."""
+    """Plan, render and write one side (images, then the queries of each split placed on it);
+    return its digest index."""
     n_images = cfg.n_test if side == "test" else cfg.n_train
-    placed = _place_groups(
-        _plan_groups(cfg, n_queries, styles, rng, forbidden), side, n_images, rng
-    )
+    groups = [_plan_groups(cfg, len(p.styles), p.styles, rng, forbidden) for p in plans]
+    placed = _place_groups([g for split in groups for g in split], side, n_images, rng)
     index = DigestIndex()
     images = _side_images(cfg, side, n_images, placed, rng, forbidden)
     writer.write_images(index.tap(images), render_scene, n_images, f"ShapesCIR {side}")
-    writer.write_queries(split, _query_records(split, placed, index))
+    start = 0
+    for plan, split_groups in zip(plans, groups, strict=True):
+        own = _Placed(placed.scenes, placed.queries[start : start + len(split_groups)])
+        start += len(split_groups)
+        writer.write_queries(plan.split, _query_records(plan.split, own, index))
     return index
 
 
@@ -571,7 +582,11 @@ def world_params(cfg: ShapesConfig) -> dict[str, Any]:
         colours=list(COLOURS),
         sizes=list(SIZES),
         kinds=list(KINDS),
-        styles={"test": list(phrasing.TEST_STYLES), "val": [phrasing.PLAIN]},
+        styles={
+            "test": list(phrasing.TEST_STYLES),
+            "val": [phrasing.PLAIN],
+            "train": [phrasing.PLAIN],
+        },
     )
     return params
 
@@ -589,9 +604,11 @@ def write_shapes_world(
     def populate(writer: WorldWriter) -> None:
         rng = random.Random(cfg.seed)
         styles = phrasing.assign_styles(cfg.n_queries, rng)
-        test = _write_side(writer, cfg, "test", "test", cfg.n_queries, styles, rng, set())
-        plain = [phrasing.PLAIN] * cfg.n_val_queries
-        _write_side(writer, cfg, "train", "val", cfg.n_val_queries, plain, rng, test.digests())
+        test = _write_side(writer, cfg, "test", [_SplitPlan("test", styles)], rng, set())
+        train_side = [_SplitPlan("val", [phrasing.PLAIN] * cfg.n_val_queries)]
+        if cfg.n_train_queries:  # ground truth for supervised training, apart from val
+            train_side.append(_SplitPlan("train", [phrasing.PLAIN] * cfg.n_train_queries))
+        _write_side(writer, cfg, "train", train_side, rng, test.digests())
 
     return build_world(
         root,

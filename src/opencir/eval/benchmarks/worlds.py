@@ -161,8 +161,9 @@ def load_world_split(
         )
     if split == "train":
         raise ValueError(
-            f"{benchmark or 'world'}: the train side is an unannotated image collection with "
-            "no queries; evaluate on 'val' (train-side images) or 'test'"
+            f"{benchmark or 'world'}: the train side is an unannotated image collection (its "
+            "optional queries.train.jsonl is supervised training data); evaluate on 'val' "
+            "(train-side images) or 'test'"
         )
     info = _world_info(root, benchmark)
     name = info.world
