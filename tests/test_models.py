@@ -143,6 +143,23 @@ def test_cross_attention_disabled_equals_plain_backbone(images: list[Image.Image
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_zero_init_with_residual_predictor_starts_as_the_backbone(images) -> None:
+    model = opencir.create_model(
+        "instructcir-tiny", cross_attention_zero_init=True, predictor_residual=True
+    ).eval()
+    pixels = model.preprocess(images)
+    with torch.no_grad():
+        backbone = F.normalize(model.query_encoder.tower.encode_image(pixels), dim=-1)
+        query = model.encode_query(images, ["make it blue"] * 3)
+        target = model.encode_target(images)
+    torch.testing.assert_close(query, backbone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(target, backbone, rtol=1e-5, atol=1e-5)
+    xavier = opencir.create_model("instructcir-tiny", predictor_residual=True).eval()
+    with torch.no_grad():  # the paper's Xavier init perturbs the features from the start
+        own = F.normalize(xavier.query_encoder.tower.encode_image(pixels), dim=-1)
+        assert not torch.allclose(xavier.encode_target(images), own, atol=1e-3)
+
+
 def test_cross_attention_changes_the_image_embedding_with_text(images: list[Image.Image]) -> None:
     model = opencir.create_model("instructcir-tiny").eval()
     a = model.encode_query(images, ["make it blue"] * 3)

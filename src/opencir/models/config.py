@@ -61,8 +61,11 @@ class FusionConfig:
     S1 (InstructCIR): ``cross_attention`` injects text cross-attention into every vision
     block; ``ema`` keeps a momentum copy as the target encoder; ``predictor_hidden_mult``
     sizes the predictor MLP and ``predictor_residual`` adds the image embedding to its
-    output; ``combiner`` enables Eq. 3 (a learned weight mixing the pure
-    text embedding into the query); ``null_text`` is what targets are encoded with.
+    output; ``cross_attention_zero_init`` starts every cross-attention output projection at
+    zero (instead of the paper's Xavier), so that with ``predictor_residual`` an untrained S1
+    is exactly its backbone's image embedding; ``combiner`` enables Eq. 3 (a learned weight
+    mixing the pure text embedding into the query); ``null_text`` is what targets are
+    encoded with.
     Baselines: ``combiner_hidden_mult`` sizes the CLIP4Cir-style combiner.
     """
 
@@ -71,6 +74,7 @@ class FusionConfig:
     ema_momentum: float = 0.999
     predictor_hidden_mult: int = 2
     predictor_residual: bool = False
+    cross_attention_zero_init: bool = False
     combiner: bool = False
     combiner_init: float = 0.1
     null_text: str = ""

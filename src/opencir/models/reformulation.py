@@ -32,10 +32,14 @@ class CrossAttention(nn.Module):
     """Image tokens (queries) attend to the text encoder's token sequence (keys/values).
 
     Pre-norm with a residual, the backbone's head count and Xavier initialisation, as the
-    paper states. Keys/values are projected from the text width to the vision width.
+    paper states. Keys/values are projected from the text width to the vision width. With
+    ``zero_out`` the output projection starts at zero: the block is then the identity until
+    training moves it, and the pretrained image features pass through unchanged.
     """
 
-    def __init__(self, vision_width: int, text_width: int, num_heads: int) -> None:
+    def __init__(
+        self, vision_width: int, text_width: int, num_heads: int, zero_out: bool = False
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(vision_width)
@@ -46,6 +50,8 @@ class CrossAttention(nn.Module):
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
+        if zero_out:
+            nn.init.zeros_(self.out_proj.weight)
 
     def forward(self, x: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """``text`` may hold one sequence for the whole batch (the null text of the target path):
@@ -95,13 +101,19 @@ class ReformulationEncoder(nn.Module):
         cross_attention: bool,
         predictor_hidden_mult: int,
         predictor_residual: bool = False,
+        cross_attention_zero_init: bool = False,
     ) -> None:
         super().__init__()
         self.tower = tower
         blocks = len(tower.vision_layers)
         self.cross = (
             nn.ModuleList(
-                CrossAttention(tower.vision_width, tower.text_width, tower.vision_heads)
+                CrossAttention(
+                    tower.vision_width,
+                    tower.text_width,
+                    tower.vision_heads,
+                    zero_out=cross_attention_zero_init,
+                )
                 for _ in range(blocks)
             )
             if cross_attention
@@ -159,7 +171,11 @@ class InstructCIR(CIRModel):
         super().__init__(config, tokenizer)
         fusion = config.fusion
         self.query_encoder = ReformulationEncoder(
-            tower, fusion.cross_attention, fusion.predictor_hidden_mult, fusion.predictor_residual
+            tower,
+            fusion.cross_attention,
+            fusion.predictor_hidden_mult,
+            fusion.predictor_residual,
+            fusion.cross_attention_zero_init,
         )
         self.target_encoder: ReformulationEncoder | None = None
         if fusion.ema:
