@@ -54,6 +54,26 @@ def machine_report() -> str:
     )
 
 
+def wait_until(ready: Callable[[], bool], limit_s: float, what: str, poll_s: float = 0.5) -> None:
+    """Poll ``ready()`` until it is true (a server started for a benchmark answering, say);
+    ``RuntimeError`` naming ``what`` after ``limit_s`` seconds."""
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {limit_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def stop(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """End a child process: terminate, then kill if it is still there after ``grace_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def time_once(fn: Callable[[], object]) -> float:
     """Wall time of one call, in seconds (CUDA work is synchronised when present)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, load_average
+from _common import cpu_model, load_average, stop, wait_until
 
 from opencir.data.collections import CollectionSpec
 from opencir.data.worlds import generate_shapes_world
@@ -100,21 +100,15 @@ def server_command(args: argparse.Namespace, port: int) -> list[str]:
     return command
 
 
-def wait_until_answering(url: str, process: subprocess.Popen, log: Path, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-                if json.load(response)["data"]:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"llama.cpp server not answering after {limit_s:.0f} s"
-                ) from None
-            time.sleep(0.5)
+def answering(url: str, process: subprocess.Popen, log: Path) -> bool:
+    """Whether the server lists its model yet (an error with its log if it has exited)."""
+    if process.poll() is not None:
+        raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+            return bool(json.load(response)["data"])
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -146,14 +140,10 @@ def llama_server(args: argparse.Namespace, log: Path) -> Iterator[Server]:
         )
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        wait_until_answering(url, process, log, limit_s=180)
+        wait_until(lambda: answering(url, process, log), 180, "the llama.cpp server")
         yield Server(url, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def caption_pairs(world: Path, count: int, seed: int) -> list[tuple[str, str]]:
@@ -265,6 +255,7 @@ def pipeline_run(
         "rejected": rejected,
         "failed": failed,
         "failed_reasons": report.failed,
+        "rejected_reasons": report.rejected,
         "requests_sent": requests,
         "timed_out": timed_out,
         "answered": answered,
