@@ -44,7 +44,8 @@ class EndpointConfig:
     servers accept. ``rate_per_s`` caps request starts per second (``None``: no cap).
     ``concurrency`` bounds requests in flight; the default (64) keeps a server that batches
     up to 64 sequences busy (vLLM, TGI). A server with fewer slots (Ollama, one llama.cpp
-    process) queues the excess, which costs no throughput but counts against ``timeout_s``.
+    process) queues the excess, and the wait counts against ``timeout_s``: keep concurrency ×
+    seconds per answer ÷ slots well under it (2 suits llama-cpp-python's one-slot server).
     """
 
     model: str
