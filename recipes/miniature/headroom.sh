@@ -4,8 +4,8 @@
 # World A (seed 0, the recipe's world) gives the val queries every number is measured on; a
 # separate world B (seed 1) gives ground-truth training triplets whose queries A's val side has
 # never seen. The "fit" rows train on A's val queries themselves, to ask whether S1 can fit the
-# queries it is trained on. Every model starts from the shipped ShapesCIR backbone. Steps are
-# skipped when done.
+# queries it is trained on. The S1 models start from the shipped ShapesCIR backbone, except the
+# last rows, which pretrain backbones of their own first. Steps are skipped when done.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/headroom}
@@ -54,6 +54,41 @@ evaluate fit-1200 "$OUT/fit-1200/final"
 train fit-hard4-1200 "${ON_A[@]}" hard_negatives=4 steps=1200
 evaluate fit-hard4-1200 "$OUT/fit-hard4-1200/final"
 
+# Backbones: the recipe's pretraining (recipes/miniature/pretrain.yaml, 400 steps) against
+# 1,500 steps with the last text layer trained, with hard negatives, or both; each measured by
+# same-scene recall (recipes/miniature/scene_recall.py) on A's train side.
+LAST_TEXT_LAYER="freeze=[text_model.embeddings,text_model.encoder.layer.0.,text_model.encoder.layer.1.,text_model.encoder.layer.2.,text_model.encoder.layer.3.,text_model.encoder.layer.4.]"
+pretrain() {  # pretrain NAME [overrides...]: on A's unannotated train-side images
+  local name=$1; shift
+  [ -e "$OUT/$name/backbone/config.json" ] || "$OPENCIR" train \
+    --recipe recipes/miniature/pretrain.yaml out_dir="$OUT/$name" data.pairs="$A/images.jsonl" \
+    steps=1500 "$@" --no-progress
+}
+scene_recall() {  # scene_recall NAME MODEL [--pretrained DIR]
+  local name=$1; shift
+  [ -e "$OUT/results/scene-$name.json" ] || .venv/bin/python recipes/miniature/scene_recall.py \
+    "$A" "$@" --limit 10000 --out "$OUT/results/scene-$name.json"
+}
+pretrain pre-last-layer "$LAST_TEXT_LAYER"
+pretrain pre-hard3 batch_size=16 hard_negatives=3
+pretrain pre-last-layer-hard3 "$LAST_TEXT_LAYER" batch_size=16 hard_negatives=3
+scene_recall shipped image-only-vit-mini-minilm --pretrained "$BB"
+for name in pre-last-layer pre-hard3 pre-last-layer-hard3; do
+  scene_recall "$name" image-only-vit-mini-minilm --pretrained "$OUT/$name/backbone"
+done
+BB2=$OUT/pre-last-layer/backbone
+evaluate image-only-last-layer image-only-vit-mini-minilm --pretrained "$BB2"
+# S1 on all of world B's ground truth (27,955 triplets), 2,000 steps, 4 hard negatives, from
+# that backbone; then the same with the reformulation starting as the backbone itself
+ALL_B=("data.triplets=[$OUT/gt-b]" hard_negatives=4 steps=2000)
+train s1-all-b "${ALL_B[@]}" pretrained="$BB2"
+train s1-all-b-residual "${ALL_B[@]}" pretrained="$BB2" model_overrides.predictor_residual=true \
+  model_overrides.cross_attention_zero_init=true
+for name in s1-all-b s1-all-b-residual; do
+  evaluate "$name" "$OUT/$name/final"
+  scene_recall "$name" "$OUT/$name/final"
+done
+
 R=$OUT/results
 "$OPENCIR" results image-only="$R/image-only.json" \
   "shipped S1 (GT), on its own training queries=$R/shipped-s1-gt-on-its-training-queries.json" \
@@ -69,4 +104,9 @@ echo >> "$OUT/table.md"
   "same + 4 hard negatives=$R/fit-hard4.json" "same, 1,200 steps=$R/fit-1200.json" \
   "same + 4 hard negatives, 1,200 steps=$R/fit-hard4-1200.json" --metrics R@1,R@5,R@10,R@50 \
   --baseline "S1 trained on these queries" >> "$OUT/table.md"
+echo >> "$OUT/table.md"
+"$OPENCIR" results "image-only (1,500-step backbone, last text layer trained)=$R/image-only-last-layer.json" \
+  "S1 on all world-B GT, 2,000 steps=$R/s1-all-b.json" \
+  "same, starting as the backbone=$R/s1-all-b-residual.json" --metrics R@1,R@5,R@10,R@50 \
+  --baseline "image-only (1,500-step backbone, last text layer trained)" >> "$OUT/table.md"
 cat "$OUT/table.md"
