@@ -82,9 +82,11 @@ evaluate image-only-last-layer image-only-vit-mini-minilm --pretrained "$BB2"
 # that backbone; then the same with the reformulation starting as the backbone itself
 ALL_B=("data.triplets=[$OUT/gt-b]" hard_negatives=4 steps=2000)
 train s1-all-b "${ALL_B[@]}" pretrained="$BB2"
-train s1-all-b-residual "${ALL_B[@]}" pretrained="$BB2" model_overrides.predictor_residual=true \
-  model_overrides.cross_attention_zero_init=true
-for name in s1-all-b s1-all-b-residual; do
+RESIDUAL=(model_overrides.predictor_residual=true model_overrides.cross_attention_zero_init=true)
+train s1-all-b-residual "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}"
+# the same with the last text layer trained in S1 too (it was trained in pretraining)
+train s1-all-b-residual-text "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}" "$LAST_TEXT_LAYER"
+for name in s1-all-b s1-all-b-residual s1-all-b-residual-text; do
   evaluate "$name" "$OUT/$name/final"
   scene_recall "$name" "$OUT/$name/final"
 done
@@ -107,6 +109,7 @@ echo >> "$OUT/table.md"
 echo >> "$OUT/table.md"
 "$OPENCIR" results "image-only (1,500-step backbone, last text layer trained)=$R/image-only-last-layer.json" \
   "S1 on all world-B GT, 2,000 steps=$R/s1-all-b.json" \
-  "same, starting as the backbone=$R/s1-all-b-residual.json" --metrics R@1,R@5,R@10,R@50 \
+  "same, starting as the backbone=$R/s1-all-b-residual.json" \
+  "same, last text layer trained too=$R/s1-all-b-residual-text.json" --metrics R@1,R@5,R@10,R@50 \
   --baseline "image-only (1,500-step backbone, last text layer trained)" >> "$OUT/table.md"
 cat "$OUT/table.md"
