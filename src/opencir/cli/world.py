@@ -44,7 +44,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from opencir.data.worlds import generate_emoji_world, generate_shapes_world
 
     generate = generate_shapes_world if args.world_command == "shapes" else generate_emoji_world
-    options = {k: v for k, v in (("n_train", args.n_train), ("n_test", args.n_test)) if v is not None}
+    sizes = (("n_train", args.n_train), ("n_test", args.n_test))
+    options = {k: v for k, v in sizes if v is not None}
     if getattr(args, "train_queries", 0):
         options["n_train_queries"] = args.train_queries
     info = generate(
