@@ -86,7 +86,10 @@ RESIDUAL=(model_overrides.predictor_residual=true model_overrides.cross_attentio
 train s1-all-b-residual "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}"
 # the same with the last text layer trained in S1 too (it was trained in pretraining)
 train s1-all-b-residual-text "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}" "$LAST_TEXT_LAYER"
-for name in s1-all-b s1-all-b-residual s1-all-b-residual-text; do
+# or with the paper's EMA momentum (0.999) instead of the recipe's 0.99, text frozen
+train s1-all-b-residual-ema999 "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}" \
+  model_overrides.ema_momentum=0.999
+for name in s1-all-b s1-all-b-residual s1-all-b-residual-text s1-all-b-residual-ema999; do
   evaluate "$name" "$OUT/$name/final"
   scene_recall "$name" "$OUT/$name/final"
 done
@@ -110,6 +113,8 @@ echo >> "$OUT/table.md"
 "$OPENCIR" results "image-only (1,500-step backbone, last text layer trained)=$R/image-only-last-layer.json" \
   "S1 on all world-B GT, 2,000 steps=$R/s1-all-b.json" \
   "same, starting as the backbone=$R/s1-all-b-residual.json" \
-  "same, last text layer trained too=$R/s1-all-b-residual-text.json" --metrics R@1,R@5,R@10,R@50 \
+  "same, last text layer trained too=$R/s1-all-b-residual-text.json" \
+  "starting as the backbone, EMA momentum 0.999=$R/s1-all-b-residual-ema999.json" \
+  --metrics R@1,R@5,R@10,R@50 \
   --baseline "image-only (1,500-step backbone, last text layer trained)" >> "$OUT/table.md"
 cat "$OUT/table.md"
