@@ -89,7 +89,10 @@ train s1-all-b-residual-text "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}" "$
 # or with the paper's EMA momentum (0.999) instead of the recipe's 0.99, text frozen
 train s1-all-b-residual-ema999 "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}" \
   model_overrides.ema_momentum=0.999
-for name in s1-all-b s1-all-b-residual s1-all-b-residual-text s1-all-b-residual-ema999; do
+train s1-all-b-residual-ema999-text "${ALL_B[@]}" pretrained="$BB2" "${RESIDUAL[@]}" \
+  model_overrides.ema_momentum=0.999 "$LAST_TEXT_LAYER"
+for name in s1-all-b s1-all-b-residual s1-all-b-residual-text s1-all-b-residual-ema999 \
+  s1-all-b-residual-ema999-text; do
   evaluate "$name" "$OUT/$name/final"
   scene_recall "$name" "$OUT/$name/final"
 done
@@ -115,6 +118,7 @@ echo >> "$OUT/table.md"
   "same, starting as the backbone=$R/s1-all-b-residual.json" \
   "same, last text layer trained too=$R/s1-all-b-residual-text.json" \
   "starting as the backbone, EMA momentum 0.999=$R/s1-all-b-residual-ema999.json" \
+  "both: EMA 0.999 and the last text layer trained=$R/s1-all-b-residual-ema999-text.json" \
   --metrics R@1,R@5,R@10,R@50 \
   --baseline "image-only (1,500-step backbone, last text layer trained)" >> "$OUT/table.md"
 cat "$OUT/table.md"
