@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from opencir.train.negatives import (
     KeyEmbedder,
     attach_hard_negatives,
     attach_pair_negatives,
+    batched_embedder,
     image_key_embedder,
 )
 from opencir.train.sources import build_dataset
@@ -300,32 +301,32 @@ class Trainer:
     def _attach_hard_negatives(self, dataset: Dataset, progress: bool) -> None:
         """Mine each triplet's nearest images with the target encoder as it is now (or, in
         pretraining, each pair's nearest captions with the text encoder)."""
-        if isinstance(dataset, PairDataset):
-            if not isinstance(self.task, PretrainTask):
-                raise ValueError(
-                    f"hard_negatives in the pretrain stage needs a dual-encoder model, not "
-                    f"{self.config.model!r}"
-                )
-            self.model.eval()
-            try:
-                embed = self.task.caption_embedder(self.device, progress)
-                attach_pair_negatives(dataset, embed, self.config.hard_negatives, self.out_dir)
-            finally:
-                self.model.train()
-            return
+        count, run_dir = self.config.hard_negatives, self.out_dir
+        self.model.eval()
+        try:
+            if isinstance(dataset, PairDataset):
+                attach_pair_negatives(dataset, self._caption_embedder(progress), count, run_dir)
+            else:
+                attach_hard_negatives(dataset, self._image_embedder(progress), count, run_dir)
+        finally:
+            self.model.train()
+
+    def _caption_embedder(self, progress: bool) -> KeyEmbedder:
+        task = self.task
+        if not isinstance(task, PretrainTask):
+            raise ValueError(
+                f"hard_negatives in the pretrain stage needs a dual-encoder model, not "
+                f"{self.config.model!r}"
+            )
+        return batched_embedder(lambda c: task.encode_captions(c, self.device), 256, progress)
+
+    def _image_embedder(self, progress: bool) -> Callable[[TripletDataset], KeyEmbedder]:
         preprocess = self.model.image_preprocessor()
 
         def encode(images: list) -> torch.Tensor:
             return self.model.forward_target(preprocess(images).to(self.device))
 
-        def embedder(part: TripletDataset) -> KeyEmbedder:
-            return image_key_embedder(encode, part.load_image, progress=progress)
-
-        self.model.eval()
-        try:
-            attach_hard_negatives(dataset, embedder, self.config.hard_negatives, self.out_dir)
-        finally:
-            self.model.train()
+        return lambda part: image_key_embedder(encode, part.load_image, progress=progress)
 
     def _loss(self, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
         """This rank's loss and the whole batch's: the mean over the ranks.

@@ -123,7 +123,7 @@ def attach_hard_negatives(
     parts = _triplet_parts(dataset)
     lists = _saved_or_mined(
         run_dir,
-        _fingerprint(parts, count),
+        _fingerprint(count, [[(t.reference, t.target) for t in part.triplets] for part in parts]),
         count,
         lambda: [nearest_negatives(part.triplets, embedder(part), count) for part in parts],
     )
@@ -144,14 +144,11 @@ def attach_pair_negatives(
     Saved in and reused from ``run_dir/hard_negatives.json`` like the triplets' lists.
     """
     captions = [caption for _, caption in dataset.pairs]
-    digest = hashlib.sha256(str(count).encode())
-    for key, caption in dataset.pairs:
-        digest.update(f"{key}\0{caption}\0".encode())
     dataset.negatives = [
         tuple(row)
         for row in _saved_or_mined(
             run_dir,
-            digest.hexdigest(),
+            _fingerprint(count, [dataset.pairs]),
             count,
             lambda: nearest_caption_negatives(captions, embed_texts, count),
         )
@@ -169,6 +166,23 @@ def _saved_or_mined(run_dir: Path, fingerprint: str, count: int, mine: Callable[
     return lists
 
 
+def batched_embedder(
+    encode: Callable[[Sequence], torch.Tensor], batch_size: int = 64, progress: bool = True
+) -> Callable[[Sequence], torch.Tensor]:
+    """Items → L2-normalised ``[N, D]`` rows, ``encode`` run on ``batch_size`` items at a time."""
+
+    @torch.no_grad()
+    def embed(items: Sequence) -> torch.Tensor:
+        batches = range(0, len(items), batch_size)
+        out = []
+        for start in tqdm(batches, desc="mining hard negatives", disable=not progress):
+            rows = encode(items[start : start + batch_size]).float()
+            out.append(torch.nn.functional.normalize(rows, dim=-1).cpu())
+        return torch.cat(out)
+
+    return embed
+
+
 def image_key_embedder(
     encode: Callable[[list], torch.Tensor],
     load_image: Callable[[str], object],
@@ -176,17 +190,9 @@ def image_key_embedder(
     progress: bool = True,
 ) -> KeyEmbedder:
     """A key embedder from an image encoder (``encode(images) -> [B, D]``) and a loader."""
-
-    @torch.no_grad()
-    def embed(keys: Sequence[str]) -> torch.Tensor:
-        batches = range(0, len(keys), batch_size)
-        out = []
-        for start in tqdm(batches, desc="mining hard negatives", disable=not progress):
-            images = [load_image(key) for key in keys[start : start + batch_size]]
-            out.append(torch.nn.functional.normalize(encode(images).float(), dim=-1).cpu())
-        return torch.cat(out)
-
-    return embed
+    return batched_embedder(
+        lambda keys: encode([load_image(key) for key in keys]), batch_size, progress
+    )
 
 
 def _triplet_parts(dataset: Dataset) -> list[TripletDataset]:
@@ -196,11 +202,12 @@ def _triplet_parts(dataset: Dataset) -> list[TripletDataset]:
     return list(parts)
 
 
-def _fingerprint(parts: Sequence[TripletDataset], count: int) -> str:
+def _fingerprint(count: int, parts: Sequence[Sequence[tuple[str, str]]]) -> str:
+    """What the saved lists were mined for: the count and every item's two strings, per part."""
     digest = hashlib.sha256(str(count).encode())
     for part in parts:
-        for t in part.triplets:
-            digest.update(f"{t.reference}\0{t.target}\0".encode())
+        for first, second in part:
+            digest.update(f"{first}\0{second}\0".encode())
         digest.update(b"\1")
     return digest.hexdigest()
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from opencir.models.backbones import DualEncoderTower
@@ -138,24 +137,11 @@ class PretrainTask(Task):
         scale = self.model.tower.hf.logit_scale
         return clip_loss(images, texts, all_images, all_texts, scale, offset)
 
-    def caption_embedder(
-        self, device: torch.device, progress: bool = False, batch_size: int = 256
-    ) -> Callable[[Sequence[str]], torch.Tensor]:
-        """Captions → L2-normalised pooled text embeddings (for mining hard negatives)."""
-        tower, tokenizer = self.model.tower, self.text_tokenizer()
-
-        @torch.no_grad()
-        def embed(captions: Sequence[str]) -> torch.Tensor:
-            out = []
-            starts = range(0, len(captions), batch_size)
-            for start in tqdm(starts, desc="mining hard negatives", disable=not progress):
-                tokens = tokenizer(list(captions[start : start + batch_size]))
-                tokens = {k: v.to(device) for k, v in tokens.items()}
-                pooled = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
-                out.append(nn.functional.normalize(pooled.float(), dim=-1).cpu())
-            return torch.cat(out)
-
-        return embed
+    def encode_captions(self, captions: Sequence[str], device: torch.device) -> torch.Tensor:
+        """Pooled text embeddings of ``captions`` (for mining hard negatives)."""
+        tokens = self.text_tokenizer()(list(captions))
+        tokens = {k: v.to(device) for k, v in tokens.items()}
+        return self.model.tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
 
     def export(self, out_dir: Path) -> Path:
         """The OpenCIR checkpoint plus a Hugging Face backbone dir usable as ``pretrained=``."""
