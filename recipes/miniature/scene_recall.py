@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=4000, help="first N train-side images")
     parser.add_argument("--out", type=Path, help="write the result as JSON")
     args = parser.parse_args()
+    if not (args.world / "images.jsonl").is_file():
+        raise SystemExit(f"{args.world} is not a world folder: no images.jsonl in it")
     model = load_model(args.model, pretrained=args.pretrained)
     hits = scene_hits(args.world, model, args.limit)
     if not hits:
