@@ -294,7 +294,10 @@ def _rank_one_diverges(rank: int, world: int, port: int, recipe: str, tmp: str) 
 
 def test_a_nan_on_one_rank_stops_every_rank(world, tmp_path) -> None:
     recipe = str(_recipe(world, tmp_path))
-    if not _run_two_ranks(recipe, tmp_path, limit_s=120, worker=_rank_one_diverges):
+    # one retry with a fresh port, as above: a stalled gloo rendezvous is not the hang under
+    # test, which would stop both tries
+    tries = (_run_two_ranks(recipe, tmp_path, 120, _rank_one_diverges) for _ in range(2))
+    if not any(tries):
         pytest.fail("the other rank kept waiting for the one whose loss became NaN")
     for rank in (0, 1):
         assert "loss became nan at step 1" in (tmp_path / f"rank{rank}.txt").read_text()
