@@ -41,6 +41,19 @@ def test_the_nearest_images_except_target_and_reference_are_mined() -> None:
         nearest_negatives(triplets, _embed, count=4)
 
 
+def test_other_answers_of_the_same_query_are_never_mined() -> None:
+    # one query ("r", "t") with two right answers, a (0°) and b (20°): b is a's nearest image
+    triplets = [TripletExample("r", "t", "a"), TripletExample("r", "t", "b")]
+    triplets.append(TripletExample("r", "other text", "a"))  # another query: b is fair game
+    triplets.append(TripletExample("c", "u", "d"))
+    mined = nearest_negatives(triplets, _embed, count=2)
+    assert mined[0] == ("d", "c") and mined[1] == ("d", "c")
+    assert mined[2] == ("b", "d")
+    assert mined[3] == ("b", "r")
+    with pytest.raises(ValueError, match="item 0 has only 2 candidates left"):
+        nearest_negatives(triplets, _embed, count=3)
+
+
 def test_mined_negatives_are_loaded_batched_and_scored(tmp_path: Path) -> None:
     colours = {"a": (255, 0, 0), "b": (0, 255, 0), "n": (0, 0, 255)}
     dataset = TripletDataset(

@@ -9,10 +9,13 @@ target as extra negatives.
 
 Mining runs once, when training starts: every distinct image of the triplets is embedded with
 the model's target encoder, and each triplet keeps its target's N nearest images, skipping the
-target itself and the triplet's own reference (which ``reference_negatives`` covers). Another
-image showing exactly the target's content would be mined as a negative too; keys cannot tell
-such copies apart. The lists are saved in the run folder, so a resumed run trains on the same
-ones as an uninterrupted run.
+target itself, the triplet's own reference (which ``reference_negatives`` covers) and every
+other target of the same query — triplets with the same reference and text are one query
+with several right answers (ground truth lists every image showing the wanted scene), and
+those images are by construction the target's nearest, so mining them would teach the model
+to push right answers away. Another image showing exactly the target's content that is not
+listed as a target would still be mined; keys cannot tell such copies apart. The lists are
+saved in the run folder, so a resumed run trains on the same ones as an uninterrupted run.
 
 The pretraining stage takes ``hard_negatives`` too: every image–caption pair brings the pairs
 whose captions are nearest to its own (by the text encoder, which is pretrained while the
@@ -58,9 +61,12 @@ def nearest_negatives(
             f"training triplets, got {len(keys)}"
         )
     position = {key: i for i, key in enumerate(keys)}
+    answers: dict[tuple[str, str], set[int]] = {}
+    for t in triplets:
+        answers.setdefault((t.reference, t.text), set()).add(position[t.target])
     targets = torch.tensor([position[t.target] for t in triplets])
-    references = torch.tensor([position[t.reference] for t in triplets])
-    nearest = nearest_rows(embed(keys), targets, count, [targets, references], chunk)
+    excluded = [sorted(answers[(t.reference, t.text)] | {position[t.reference]}) for t in triplets]
+    nearest = nearest_rows(embed(keys), targets, count, excluded, chunk)
     return [tuple(keys[j] for j in row) for row in nearest]
 
 
@@ -68,23 +74,31 @@ def nearest_rows(
     pool: torch.Tensor,
     queries: torch.Tensor,
     count: int,
-    excluded: Sequence[torch.Tensor],
+    excluded: Sequence[Sequence[int]],
     chunk: int = 2048,
 ) -> list[list[int]]:
     """For each pool row ``queries[i]``, the ``count`` nearest pool rows (dot product).
 
-    Row ``excluded[k][i]`` of the pool is never chosen for query ``i``; ties go to the lower
-    row. ``pool`` is ``[N, D]`` (L2-normalised for cosine), ``queries`` and each of
-    ``excluded`` are ``[Q]`` row indices.
+    The pool rows listed in ``excluded[i]`` are never chosen for query ``i``; ties go to the
+    lower row. ``pool`` is ``[N, D]`` (L2-normalised for cosine), ``queries`` ``[Q]`` row
+    indices. Raises ``ValueError`` when some query has fewer than ``count`` rows left.
     """
     out: list[list[int]] = []
     for start in range(0, len(queries), chunk):
         stop = min(start + chunk, len(queries))
-        rows = torch.arange(stop - start)
         scores = pool[queries[start:stop]] @ pool.T
-        for columns in excluded:
-            scores[rows, columns[start:stop]] = float("-inf")
-        out += torch.topk(scores, count, dim=1, sorted=True).indices.tolist()
+        rows = [i for i, columns in enumerate(excluded[start:stop]) for _ in columns]
+        columns = [column for columns in excluded[start:stop] for column in columns]
+        scores[rows, columns] = float("-inf")
+        best = torch.topk(scores, count, dim=1, sorted=True)
+        if torch.isinf(best.values).any():
+            short = start + int(torch.isinf(best.values).any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"hard_negatives={count}: item {short} has only "
+                f"{pool.shape[0] - len(set(excluded[short]))} candidates left after excluding "
+                "its own answers; lower hard_negatives or add data"
+            )
+        out += best.indices.tolist()
     return out
 
 
@@ -106,8 +120,8 @@ def nearest_caption_negatives(
     first_pair: dict[int, int] = {}
     for index, caption in enumerate(captions):
         first_pair.setdefault(row_of[caption], index)
-    own = torch.tensor([row_of[c] for c in captions])
-    nearest = nearest_rows(embed_texts(distinct), own, count, [own])
+    own = [row_of[c] for c in captions]
+    nearest = nearest_rows(embed_texts(distinct), torch.tensor(own), count, [[i] for i in own])
     return [tuple(first_pair[j] for j in row) for row in nearest]
 
 
@@ -123,7 +137,9 @@ def attach_hard_negatives(
     parts = _triplet_parts(dataset)
     lists = _saved_or_mined(
         run_dir,
-        _fingerprint(count, [[(t.reference, t.target) for t in part.triplets] for part in parts]),
+        _fingerprint(
+            count, [[(f"{t.reference}\0{t.text}", t.target) for t in p.triplets] for p in parts]
+        ),
         count,
         lambda: [nearest_negatives(part.triplets, embedder(part), count) for part in parts],
     )
