@@ -14,7 +14,9 @@ def test_every_subcommand_has_help(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert f"opencir {command}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"opencir {command}" in out
+    assert "%%" not in out  # a doubled percent sign means a help text escaped it needlessly
 
 
 def test_faiss_loader_info_stays_out_of_the_log_unless_verbose(caplog, capsys) -> None:

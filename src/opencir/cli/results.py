@@ -25,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "One row per NAME. Several files for one NAME (comma-separated, or the NAME "
             "repeated) are runs of the same model, e.g. training seeds: the cell shows "
-            "mean ± sd over runs and a 95%% CI over runs and queries. With --baseline, a "
+            "mean ± sd over runs and a 95% CI over runs and queries. With --baseline, a "
             "second table gives each row's paired difference to that row on the same "
-            "queries (Δ, its 95%% CI and a two-sided p-value)."
+            "queries (Δ, its 95% CI and a two-sided p-value)."
         ),
     )
     parser.add_argument("rows", nargs="+", type=_pair, metavar="NAME=RESULTS.json[,...]")
