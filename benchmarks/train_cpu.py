@@ -1,7 +1,8 @@
 """The trainer's real S1 step on CPU: forward, forward + backward, optimizer + EMA, in one run.
 
-Builds :class:`opencir.train.loop.Trainer` from ``recipes/miniature/s1.yaml`` (text tower
-frozen, reference negatives, EMA target) with a random-weight model, and feeds it a
+Builds :class:`opencir.train.loop.Trainer` from ``recipes/miniature/s1.yaml`` (reference
+negatives, EMA target), pinned to the settings docs/PERFORMANCE.md measured (whole text tower
+frozen, EMA momentum 0.99, no mined negatives), with a random-weight model, and feeds it a
 synthetic batch, so the data pipeline is not part of the figures. Each round times, on the
 same batch:
 
@@ -66,6 +67,9 @@ def build_trainer(args: argparse.Namespace, out_dir: str) -> Trainer:
         f"batch_size={args.batch}",
         "device=cpu",
         "tensorboard=false",
+        "freeze=[text_model]",
+        "hard_negatives=0",
+        "model_overrides={ema_momentum: 0.99}",
         *args.set,
     ]
     return Trainer(load_recipe(args.recipe, overrides))

@@ -6,6 +6,8 @@
 # never seen. The "fit" rows train on A's val queries themselves, to ask whether S1 can fit the
 # queries it is trained on. The S1 models start from the shipped ShapesCIR backbone, except the
 # last rows, which pretrain backbones of their own first. Steps are skipped when done.
+# The rows in docs/RESULTS.md were measured at commit 6092b41, with that commit's s1.yaml and
+# pretrain.yaml as the base; check it out to reproduce them (the defaults have moved since).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/headroom}
