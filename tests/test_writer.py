@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,12 @@ from opencir.generate.writer_eval import (
     judge,
     single_attribute_change,
 )
-from opencir.generate.writer_seeds import read_seeds, seeds_from_triplets
+from opencir.generate.writer_seeds import (
+    WriterSeed,
+    read_seeds,
+    seeds_from_triplets,
+    unique_seeds,
+)
 from opencir.generate.writers import WriterConfig
 from opencir.train import train
 from opencir.train.config import config_from_dict
@@ -110,6 +116,43 @@ def test_ground_truth_seeds_take_captions_from_the_world(world: Path, tmp_path: 
     assert seeds[0].caption_a == images[first["reference"]]["alt_text"]
     assert seeds[0].text == first["text"]
     assert {s.provenance["kind"] for s in seeds} == {"ground-truth"}
+
+
+def test_one_change_seeds_keep_only_one_attribute_pairs(world: Path, tmp_path: Path) -> None:
+    gt, out = tmp_path / "gt", tmp_path / "seeds.jsonl"
+    assert (
+        main(["world", "triplets", "--root", str(world), "--split", "test", "--out", str(gt)]) == 0
+    )
+    assert main(["writer", "seed", "--from", str(gt), "--out", str(out), "--one-change"]) == 0
+    images = {r["id"]: r for r in map(json.loads, (world / "images.jsonl").open())}
+    triplets = {r["id"]: r for r in map(json.loads, (gt / "triplets.jsonl").open())}
+    kept = [triplets[s.provenance["triplet"]] for s in read_seeds([out])]
+    changed = [
+        t
+        for t in triplets.values()
+        if single_attribute_change(images[t["reference"]], images[t["target"]])
+    ]
+    assert kept and [t["id"] for t in kept] == [t["id"] for t in changed]
+    assert len(kept) < len(triplets)  # the world's adds and removes are left out
+
+
+def test_one_change_seeds_need_attribute_metadata(world: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(world, bare)
+    rows = [json.loads(line) for line in (bare / "images.jsonl").open()]
+    (bare / "images.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "attributes"}) + "\n" for r in rows)
+    )
+    assert main(["world", "triplets", "--root", str(bare), "--out", str(tmp_path / "gt")]) == 0
+    with pytest.raises(ValueError, match="one-change seeds need the images' attributes"):
+        seeds_from_triplets(tmp_path / "gt", one_change=True)
+
+
+def test_unique_seeds_drop_repeats_and_keep_the_first() -> None:
+    first = WriterSeed("a red circle", "a blue circle", "make it blue", {"triplet": "q0#0"})
+    repeat = WriterSeed("a red circle", "a blue circle", "make it blue", {"triplet": "q0#1"})
+    other = WriterSeed("a red circle", "a blue circle", "make the circle blue")
+    assert unique_seeds([first, repeat, other, repeat]) == [first, other]
 
 
 def test_a_seed_row_without_text_is_named(tmp_path: Path) -> None:

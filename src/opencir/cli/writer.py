@@ -10,6 +10,8 @@ EXAMPLES = """examples:
   opencir writer seed --from triplets/llm --out seeds/llm.jsonl
   opencir world triplets --root worlds/shapes --split val --out triplets/shapes-gt
   opencir writer seed --from triplets/shapes-gt --out seeds/gt.jsonl
+  # only one-attribute changes, each (caption A, caption B, text) once
+  opencir writer seed --from triplets/shapes-gt --out seeds/gt1.jsonl --one-change --unique
 
   # tune (recipes/writer/smollm2-lora.yaml), then measure on a world's held-out pairs
   opencir train --recipe recipes/writer/smollm2-lora.yaml data.seeds=seeds/gt.jsonl
@@ -41,6 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     seed.add_argument(
         "--caption-field", default="auto", help="image caption field when rows lack captions"
     )
+    seed.add_argument(
+        "--one-change",
+        action="store_true",
+        help="keep only pairs whose images differ in one attribute of one object "
+        "(the images' attributes metadata; the pairs `writer eval` asks about)",
+    )
+    seed.add_argument(
+        "--unique",
+        action="store_true",
+        help="drop repeated (caption A, caption B, text) rows, e.g. a query's other targets",
+    )
     seed.set_defaults(handler=run_seed)
     _register_eval(commands)
 
@@ -67,9 +80,15 @@ def _register_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def run_seed(args: argparse.Namespace) -> int:
-    from opencir.generate.writer_seeds import seeds_from_triplets, write_seeds
+    from opencir.generate.writer_seeds import seeds_from_triplets, unique_seeds, write_seeds
 
-    seeds = [s for path in args.sources for s in seeds_from_triplets(path, args.caption_field)]
+    seeds = [
+        s
+        for path in args.sources
+        for s in seeds_from_triplets(path, args.caption_field, args.one_change)
+    ]
+    if args.unique:
+        seeds = unique_seeds(seeds)
     write_seeds(seeds, args.out)
     kinds: dict[str, int] = {}
     for seed in seeds:

@@ -21,6 +21,7 @@ from opencir.atomic import atomic_write
 from opencir.data.collections import get_field, read_rows
 from opencir.data.triplets import Triplet, jsonl_bytes, read_triplets, triplet_file, triplet_source
 from opencir.generate.captioners import SIDECAR_FIELDS
+from opencir.generate.writer_eval import single_attribute_change
 
 SEED_FIELDS = ("caption_a", "caption_b", "text")
 
@@ -52,12 +53,21 @@ def seed_kind(triplet: Triplet) -> str:
     return str(writer.get("kind", "unknown")) if isinstance(writer, Mapping) else "unknown"
 
 
-def seeds_from_triplets(path: str | Path, caption_field: str = "auto") -> list[WriterSeed]:
-    """The seeds of one triplet file or folder; triplets without two captions are skipped."""
+def seeds_from_triplets(
+    path: str | Path, caption_field: str = "auto", one_change: bool = False
+) -> list[WriterSeed]:
+    """The seeds of one triplet file or folder; triplets without two captions are skipped.
+
+    ``one_change``: keep only the triplets whose two images differ in one attribute of one
+    object, as their collection's ``attributes`` metadata says (the pairs ``opencir writer
+    eval`` asks about); a collection without such metadata is an error.
+    """
     file = triplet_file(path)
     triplets = read_triplets(file)
-    metadata = _metadata_if_needed(file, triplets)
+    metadata = _metadata_if_needed(file, triplets, one_change)
     names = SIDECAR_FIELDS if caption_field == "auto" else (caption_field,)
+    if one_change:
+        triplets = _one_change_triplets(file, triplets, metadata)
     seeds = []
     for triplet in triplets:
         captions = [
@@ -74,11 +84,34 @@ def seeds_from_triplets(path: str | Path, caption_field: str = "auto") -> list[W
     return seeds
 
 
-def _metadata_if_needed(file: Path, triplets: Sequence[Triplet]) -> dict[str, Mapping[str, Any]]:
-    """Image key → metadata of the triplets' collection, read only when a caption is missing."""
-    if all("reference_caption" in t.extra and "target_caption" in t.extra for t in triplets):
+def _metadata_if_needed(
+    file: Path, triplets: Sequence[Triplet], always: bool = False
+) -> dict[str, Mapping[str, Any]]:
+    """Image key → metadata of the triplets' collection, read only when a caption is missing
+    (or ``always``)."""
+    if not always and all(
+        "reference_caption" in t.extra and "target_caption" in t.extra for t in triplets
+    ):
         return {}
     return {item.key: item.meta for item in triplet_source(file).items()}
+
+
+def _one_change_triplets(
+    file: Path, triplets: Sequence[Triplet], metadata: Mapping[str, Mapping[str, Any]]
+) -> list[Triplet]:
+    """The triplets whose images differ in one attribute of one object."""
+    if not any("attributes" in meta for meta in metadata.values()):
+        raise ValueError(
+            f"{file}: one-change seeds need the images' attributes metadata, "
+            "which this collection lacks"
+        )
+    return [
+        t
+        for t in triplets
+        if t.reference in metadata
+        and t.target in metadata
+        and single_attribute_change(metadata[t.reference], metadata[t.target]) is not None
+    ]
 
 
 def _caption(meta: Mapping[str, Any], names: Sequence[str]) -> str | None:
@@ -95,6 +128,21 @@ def _provenance(triplet: Triplet, file: Path) -> dict[str, Any]:
     if isinstance(writer, Mapping):
         record["writer"] = dict(writer)
     return record
+
+
+def unique_seeds(seeds: Iterable[WriterSeed]) -> list[WriterSeed]:
+    """The seeds less repeats of the same (caption A, caption B, text), first one kept.
+
+    A world's query with several targets of the same caption gives one seed per target.
+    """
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for seed in seeds:
+        key = (seed.caption_a, seed.caption_b, seed.text)
+        if key not in seen:
+            seen.add(key)
+            kept.append(seed)
+    return kept
 
 
 def write_seeds(seeds: Iterable[WriterSeed], path: str | Path) -> Path:
