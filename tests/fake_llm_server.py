@@ -8,16 +8,19 @@ It answers ``/v1/chat/completions`` and ``/v1/completions`` deterministically:
 * text with ``Requested change:`` → the description rewritten with that change's colour.
 
 Failure modes are queued per request (:meth:`FakeLLMServer.queue`) or set for every request
-(:meth:`FakeLLMServer.always`): ``"500"``, ``"429:SECONDS"`` (with ``Retry-After``),
+(:meth:`FakeLLMServer.always`): ``"500"``, ``"503"``, ``"429:SECONDS"`` (with ``Retry-After``),
 ``"400"``, ``"stall"`` (no response until stopped), ``"stall_body"`` (headers, then nothing),
 ``"garbage"`` (200 with a non-JSON body), ``"no_choices"`` (JSON without an answer),
 ``"text:ANSWER"`` (a fixed answer, e.g. an invalid change). Every request is recorded.
+``slots=N`` makes it answer N requests at a time and queue the rest, as llama.cpp's server
+does: a request its client gave up on still takes its turn (``delay_s``) in the queue.
 Everything stays on 127.0.0.1 and stops with the server.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
@@ -86,13 +89,22 @@ def classify(body: dict[str, Any]) -> str:
     return "rewrite" if "Requested change:" in text else "change"
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of new connections is accepted, not dropped and resent
+
+
 class FakeLLMServer:
     """Start with ``with FakeLLMServer() as server: ... server.url``."""
 
     def __init__(
-        self, delay_s: float = 0.0, answer: Callable[[dict], str] = default_answer
+        self,
+        delay_s: float = 0.0,
+        answer: Callable[[dict], str] = default_answer,
+        slots: int | None = None,
     ) -> None:
         self.delay_s, self.answer = delay_s, answer
+        self._slots = threading.Semaphore(slots) if slots else contextlib.nullcontext()
         self.requests: list[dict[str, Any]] = []
         self.max_inflight = 0
         self._inflight = 0
@@ -100,8 +112,7 @@ class FakeLLMServer:
         self._always: str | None = None
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -164,9 +175,10 @@ class FakeLLMServer:
                 mode = server._next_mode(body)
                 self.counted = True
                 try:
-                    if server.delay_s:
-                        time.sleep(server.delay_s)
-                    self._reply(mode, body)
+                    with server._slots:
+                        if server.delay_s:  # returns at once when the server stops
+                            server._release.wait(server.delay_s)
+                        self._reply(mode, body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
@@ -179,7 +191,7 @@ class FakeLLMServer:
                     server._done()
 
             def _reply(self, mode: str, body: dict[str, Any]) -> None:
-                if mode in ("500", "400"):
+                if mode in ("500", "503", "400"):
                     self._send(int(mode), {"error": {"message": f"injected {mode}"}})
                 elif mode.startswith("429"):
                     wait = mode.partition(":")[2] or "1"

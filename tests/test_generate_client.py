@@ -191,3 +191,81 @@ def test_endpoint_config_checks() -> None:
     with pytest.raises(ValueError, match="api must be one of"):
         EndpointConfig(model="m", api="responses")
     assert "secret" not in repr(EndpointConfig(model="m", api_key="secret"))
+
+
+@pytest.mark.parametrize(("mode", "cut"), [("429:0", True), ("503", True), ("500", False)])
+def test_overload_answers_cut_the_in_flight_limit(
+    server: FakeLLMServer, mode: str, cut: bool
+) -> None:
+    server.queue(mode)
+    client = _client(server, concurrency=8)
+    assert _ask(client).attempts == 2
+    assert client.in_flight.stats() == {
+        "limit": 4 if cut else 8,
+        "lowest": 4 if cut else 8,
+        "cuts": int(cut),
+        "bound": 8,
+    }
+    server.queue(mode)
+    fixed = _client(server, concurrency=8, adaptive_concurrency=False)
+    _ask(fixed)
+    assert fixed.in_flight.stats()["limit"] == 8
+
+
+def test_timeouts_cut_the_in_flight_limit(server: FakeLLMServer) -> None:
+    server.queue("stall")
+    client = _client(server, concurrency=8, timeout_s=0.3)
+    assert _ask(client).attempts == 2
+    assert client.in_flight.stats()["cuts"] == 1 and client.in_flight.limit == 4
+
+
+def _many(server: FakeLLMServer, prompts: int, **overrides) -> tuple[ChatClient, int, int]:
+    """``prompts`` concurrent requests: the client, how many were answered, and attempts."""
+    client = _client(server, **overrides)
+
+    async def go() -> list:
+        try:
+            return await asyncio.gather(
+                *(client.complete(f"caption B: red {i}") for i in range(prompts)),
+                return_exceptions=True,
+            )
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(go())
+    for result in results:
+        if isinstance(result, Exception):
+            assert isinstance(result, RequestError) and result.reason == "timeout"
+    answered = sum(not isinstance(r, Exception) for r in results)
+    return client, answered, sum(r.attempts for r in results)
+
+
+def test_adaptive_concurrency_fits_a_one_slot_server() -> None:
+    """32 requests in flight against a server answering one at a time, 10 per deadline.
+
+    A fixed limit keeps 32 queued: most wait past the deadline, are sent again, and the
+    server spends its time on answers nobody waits for. The adaptive client cuts its limit
+    until the queue fits the deadline and gets every answer with far fewer attempts.
+    """
+    prompts = 32
+    settings = {
+        "concurrency": 32,
+        "timeout_s": 0.2,
+        "max_retries": 8,
+        "backoff_s": 0.01,
+        "max_backoff_s": 0.05,
+    }
+    with FakeLLMServer(delay_s=0.02, slots=1) as server:
+        client, answered, attempts = _many(server, prompts, **settings)
+    with FakeLLMServer(delay_s=0.02, slots=1) as server:
+        fixed, fixed_answered, fixed_attempts = _many(
+            server, prompts, adaptive_concurrency=False, **settings
+        )
+    assert answered == prompts and fixed_answered < prompts * 3 // 4
+    stats = client.in_flight.stats()
+    assert stats["cuts"] >= 1 and stats["limit"] <= 16
+    assert fixed.in_flight.stats()["cuts"] == 0
+    assert 2 * (attempts - answered) < fixed_attempts - fixed_answered  # timeouts
+    wasted_per_answer = (attempts - answered) / answered
+    fixed_wasted_per_answer = (fixed_attempts - fixed_answered) / max(1, fixed_answered)
+    assert fixed_wasted_per_answer > 3 * wasted_per_answer

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import io
 import json
@@ -19,7 +20,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,8 @@ REQUEST_FAILURES = frozenset(
     {"timeout", "server_error", "rate_limited", "connection", "bad_response", "client_error"}
 )
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Answers that say "too much at once": they cut an adaptive in-flight limit, as timeouts do.
+OVERLOAD_STATUS = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,11 @@ class EndpointConfig:
     servers accept. ``rate_per_s`` caps request starts per second (``None``: no cap).
     ``concurrency`` bounds requests in flight; the default (64) keeps a server that batches
     up to 64 sequences busy (vLLM, TGI). A server with fewer slots (Ollama, one llama.cpp
-    process) queues the excess, and the wait counts against ``timeout_s``: keep concurrency ×
-    seconds per answer ÷ slots well under it (2 suits llama-cpp-python's one-slot server).
+    process) queues the excess, and the wait counts against ``timeout_s``. With
+    ``adaptive_concurrency`` (the default) the client finds the right number itself: a
+    timeout or a 429/503 answer halves its in-flight limit, a window of successes adds one
+    back, never above ``concurrency`` (see :class:`AdaptiveLimit`). Off, ``concurrency`` is a
+    fixed limit: then keep concurrency × seconds per answer ÷ slots well under ``timeout_s``.
     """
 
     model: str
@@ -58,6 +65,7 @@ class EndpointConfig:
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     concurrency: int = 64
+    adaptive_concurrency: bool = True
     rate_per_s: float | None = None
     max_tokens: int = 64
     temperature: float = 0.0
@@ -130,9 +138,16 @@ class RequestError(Exception):
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, detail: str, retry_after: float | None = None):
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        retry_after: float | None = None,
+        overloaded: bool = False,
+    ):
         super().__init__(detail)
         self.reason, self.detail, self.retry_after = reason, detail, retry_after
+        self.overloaded = overloaded or reason == "timeout"
 
 
 class RateLimiter:
@@ -150,6 +165,113 @@ class RateLimiter:
         self._next = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
+
+
+class Slot:
+    """One request's place in an :class:`AdaptiveLimit`; set ``overloaded`` when it met one."""
+
+    def __init__(self, ticket: int) -> None:
+        self.ticket = ticket
+        self.overloaded = False
+
+
+class AdaptiveLimit:
+    """Requests in flight, at most ``limit``; the limit adapts when ``adaptive`` (AIMD).
+
+    * **Cut**: a request that met an overload (it timed out, or the server answered 429/503)
+      halves the limit, not below 1. One overload usually fails every request queued behind
+      it, so a cut counts only requests *started after the last cut*: those started before it
+      met the same overload, and a burst of 64 timeouts cuts 64 → 32, not 64 → 1. If the
+      requests sent under the new limit still meet an overload, it halves again.
+    * **Growth**: after as many successes as the current limit (a window's worth) among the
+      requests started since the last cut, the limit grows by 1, up to ``bound``.
+
+    The limit starts at ``bound``, without slow start: a batching server (vLLM, TGI) wants
+    every slot from the first request, and a one-slot server answers a growing queue without
+    complaint until its wait passes the deadline, so starting low would only delay the same
+    first cut. Waiters are served first come, first served; a cancelled waiter takes no slot.
+    """
+
+    def __init__(self, bound: int, adaptive: bool = True) -> None:
+        if bound < 1:
+            raise ValueError(f"the in-flight bound must be >= 1, got {bound}")
+        self.bound, self.adaptive = bound, adaptive
+        self.limit = bound
+        self.in_flight = 0
+        self.cuts = 0
+        self.lowest = bound
+        self._started = 0  # tickets handed out so far
+        self._fence = 0  # tickets below it started before the last cut
+        self._streak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def stats(self) -> dict[str, int]:
+        """Where the limit stands: ``limit`` now, ``lowest`` reached, ``cuts``, ``bound``."""
+        return {"limit": self.limit, "lowest": self.lowest, "cuts": self.cuts, "bound": self.bound}
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Hold a slot for one request: success when the block ends without an exception."""
+        slot = Slot(await self.acquire())
+        succeeded = False
+        try:
+            yield slot
+            succeeded = True
+        finally:
+            self.release(slot.ticket, succeeded=succeeded, overloaded=slot.overloaded)
+
+    async def acquire(self) -> int:
+        """Wait for a free slot; returns the request's ticket (its start order)."""
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+        else:
+            await self._wait_for_handover()
+        self._started += 1
+        return self._started - 1
+
+    async def _wait_for_handover(self) -> None:
+        """Queue until :meth:`_wake` hands this waiter a slot (already counted in flight)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled
+                self.in_flight -= 1
+                self._wake()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self, ticket: int, *, succeeded: bool, overloaded: bool = False) -> None:
+        """Free a slot; adapt the limit to how the request went."""
+        self.in_flight -= 1
+        if self.adaptive and ticket >= self._fence:
+            if overloaded:
+                self._cut()
+            elif succeeded:
+                self._grow()
+        self._wake()
+
+    def _cut(self) -> None:
+        self._fence, self._streak = self._started, 0
+        if self.limit > 1:
+            self.limit //= 2
+            self.lowest = min(self.lowest, self.limit)
+            self.cuts += 1
+            log.info("overload: at most %d requests in flight now (cut %d)", self.limit, self.cuts)
+
+    def _grow(self) -> None:
+        self._streak += 1
+        if self._streak >= self.limit:
+            self.limit, self._streak = min(self.bound, self.limit + 1), 0
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
 
 def image_data_url(image: Image.Image, max_side: int = 768) -> str:
@@ -224,19 +346,23 @@ def _httpx_timeout(config: EndpointConfig) -> Any:
 
 
 class ChatClient:
-    """Bounded, rate-limited, retrying calls to one model (see :class:`EndpointConfig`)."""
+    """Bounded, rate-limited, retrying calls to one model (see :class:`EndpointConfig`).
+
+    ``in_flight`` is the :class:`AdaptiveLimit` of the requests in flight; it lives as long as
+    the client, so what it learned about the server carries over to later event loops.
+    """
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.limiter = RateLimiter(config.rate_per_s)
+        self.in_flight = AdaptiveLimit(config.concurrency, config.adaptive_concurrency)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
-        self._semaphore: asyncio.Semaphore | None = None
 
-    def _bind(self) -> tuple[Any, asyncio.Semaphore]:
-        """One ``AsyncOpenAI`` and semaphore per event loop (``asyncio.run`` makes new loops)."""
+    def _bind(self) -> Any:
+        """One ``AsyncOpenAI`` per event loop (``asyncio.run`` makes new loops)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._client is None or self._semaphore is None:
+        if loop is not self._loop or self._client is None:
             from openai import AsyncOpenAI
 
             config = self.config
@@ -246,14 +372,13 @@ class ChatClient:
                 timeout=_httpx_timeout(config),
                 max_retries=0,  # retries are ours: counted, logged, Retry-After honoured
             )
-            self._semaphore = asyncio.Semaphore(config.concurrency)
             self._loop = loop
-        return self._client, self._semaphore
+        return self._client
 
     async def aclose(self) -> None:
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.close()
-        self._client = self._loop = self._semaphore = None
+        self._client = self._loop = None
 
     async def complete(
         self, content: Any, *, seed: int | None = None, temperature: float | None = None
@@ -285,14 +410,18 @@ class ChatClient:
     async def _attempt(
         self, content: Any, seed: int | None, temperature: float | None
     ) -> tuple[str, Usage]:
-        client, semaphore = self._bind()
-        async with semaphore:
+        client = self._bind()
+        async with self.in_flight.slot() as slot:
             try:
                 return await asyncio.wait_for(
                     self._request(client, content, seed, temperature), self.config.timeout_s
                 )
             except TimeoutError as error:
+                slot.overloaded = True
                 raise _Retryable("timeout", f"no answer within {self.config.timeout_s}s") from error
+            except _Retryable as error:
+                slot.overloaded = error.overloaded
+                raise
 
     async def _request(
         self, client: Any, content: Any, seed: int | None, temperature: float | None
@@ -338,5 +467,6 @@ def _status_error(error: Any) -> Exception:
     detail = f"HTTP {status}: {str(error.message)[:200]}"
     if status in RETRYABLE_STATUS:
         reason = "rate_limited" if status == 429 else "server_error"
-        return _Retryable(reason, detail, parse_retry_after(error.response.headers))
+        retry_after = parse_retry_after(error.response.headers)
+        return _Retryable(reason, detail, retry_after, overloaded=status in OVERLOAD_STATUS)
     return RequestError("client_error", detail)
