@@ -9,7 +9,8 @@ chat format ``chatml``; that server runs one request at a time and queues the re
    each with exactly the request the pipeline sends for a caption pair (the S1 writer's prompt
    built by ``opencir.generate.prompts.reformulation_request``, same ``max_tokens``,
    temperature 0, a seed) — answered requests per second;
-2. **pipeline**, once per ``--concurrency``: ``opencir.generate.generate`` end to end on a
+2. **pipeline**, once per ``--concurrency`` (the bound of the client's adaptive in-flight
+   limit; with ``--fixed-concurrency`` a fixed limit): ``opencir.generate.generate`` end to end on a
    small ShapesCIR world (sidecar alt-text captions, ``--writer llm`` against the same server,
    ``--requests`` pairs) — requests/s (answers received, retries after a rejected answer
    included; requests the client gave up on at its timeout are counted apart), pairs
@@ -20,6 +21,7 @@ It prints the server settings, the 1-minute load average before and after, and a
 medians over ``--repeats``, with the ratio pipeline requests/s ÷ capacity.
 
     python benchmarks/generate_llamacpp.py --concurrency 0 2
+    python benchmarks/generate_llamacpp.py --concurrency 0 --fixed-concurrency
     python benchmarks/generate_llamacpp.py --repeats 3 --requests 32 --concurrency 2
 """
 
@@ -224,6 +226,7 @@ def pipeline_run(
     """``generate()`` end to end with the LLM writer against the server (concurrency 0: the
     library's default)."""
     extra: dict = {"concurrency": concurrency} if concurrency else {}
+    extra["adaptive_concurrency"] = not args.fixed_concurrency
     if args.timeout:
         extra["timeout_s"] = args.timeout
     endpoint = EndpointConfig(
@@ -249,6 +252,7 @@ def pipeline_run(
     answered = requests - timed_out
     return {
         "concurrency": endpoint.concurrency,
+        "adaptive_concurrency": endpoint.adaptive_concurrency,
         "timeout_s": endpoint.timeout_s,
         "pairs": report.pairs,
         "kept": report.triplets,
@@ -333,6 +337,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[0],
         help="pipeline requests in flight, one pipeline run each (0: the library's default)",
+    )
+    parser.add_argument(
+        "--fixed-concurrency",
+        action="store_true",
+        help="pipeline runs keep --concurrency in flight (the library adapts it by default)",
     )
     parser.add_argument(
         "--timeout",

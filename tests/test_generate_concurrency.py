@@ -193,3 +193,18 @@ def test_a_slot_reports_how_its_request_went() -> None:
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="in-flight bound must be >= 1, got 0"):
         AdaptiveLimit(0)
+
+
+def test_the_cli_can_keep_the_limit_fixed() -> None:
+    from opencir.cli import build_parser
+    from opencir.cli.generate import writer_config
+
+    parser = build_parser()
+    llm = ["--writer", "llm", "--writer-model", "m"]
+    generate = ["generate", "--images", "photos", "--out", "out", "--pairs", "1", *llm]
+    assert writer_config(parser.parse_args(generate)).endpoint.adaptive_concurrency
+    args = parser.parse_args([*generate, "--concurrency", "2", "--fixed-concurrency"])
+    endpoint = writer_config(args).endpoint
+    assert (endpoint.concurrency, endpoint.adaptive_concurrency) == (2, False)
+    args = parser.parse_args(["writer", "eval", "--world", "w", *llm, "--fixed-concurrency"])
+    assert not writer_config(args).endpoint.adaptive_concurrency

@@ -102,6 +102,7 @@ def test_sidecar_template_on_a_world(world: Path, tmp_path: Path) -> None:
     assert saved["triplets"] == len(triplets) and saved["failed"] == {
         "image_not_an_image": len(failures)
     }
+    assert "in_flight" not in saved["run"]  # no model client
 
 
 def test_llm_writer_with_model_captions_and_the_cache(
@@ -179,6 +180,11 @@ def test_failures_and_rejections_are_recorded(
     )
     report = generate(stalled)
     assert report.failed.get("timeout") == 4
+    in_flight = report.run["in_flight"]["change"]
+    assert in_flight["bound"] == 4 and in_flight["cuts"] >= 1 and in_flight["lowest"] <= 2
+    assert "change requests in flight: at most" in report.summary()
+    saved = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert saved["run"]["in_flight"] == report.run["in_flight"]
     assert report.pairs == report.triplets + sum(report.failed.values()) + sum(
         report.rejected.values()
     )

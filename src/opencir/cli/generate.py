@@ -132,7 +132,13 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=int,
         default=None,
-        help="requests in flight per model (default: EndpointConfig's, 64)",
+        help="most requests in flight per model (default: EndpointConfig's, 64); the client "
+        "halves its limit on timeouts and 429/503 answers and grows it back on successes",
+    )
+    group.add_argument(
+        "--fixed-concurrency",
+        action="store_true",
+        help="keep --concurrency requests in flight whatever the server answers (no adapting)",
     )
     group.add_argument("--rate", type=float, default=None, help="max requests per second per model")
     group.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -196,6 +202,7 @@ def _endpoint(args: argparse.Namespace, model: str | None, url: str | None, **fi
         api_key=os.environ.get(args.api_key_env),
         timeout_s=args.timeout,
         max_retries=args.max_retries,
+        adaptive_concurrency=not args.fixed_concurrency,
         rate_per_s=args.rate,
         temperature=args.temperature,
         image_max_side=args.image_side,

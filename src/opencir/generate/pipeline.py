@@ -104,6 +104,12 @@ class RunReport:
                 f"{self.run.get('seconds')} s ({self.run.get('pairs_per_s')} pairs/s, "
                 f"engine {self.run.get('engine')})"
             )
+        cut = {stage: s for stage, s in self.run.get("in_flight", {}).items() if s["cuts"]}
+        for stage, limit in cut.items():
+            lines.append(
+                f"{stage} requests in flight: at most {limit['limit']} of {limit['bound']} at the "
+                f"end (lowest {limit['lowest']}, {limit['cuts']} cuts on timeouts or overload)"
+            )
         return "\n".join(lines)
 
 
@@ -349,6 +355,8 @@ def generate(config: GenerateConfig) -> RunReport:
         "pairs_processed": todo,
         "pairs_per_s": round(todo / seconds, 2) if seconds else 0.0,
     }
+    if config.engine == "local" and plan.stages.in_flight():
+        run["in_flight"] = plan.stages.in_flight()  # the Ray engine's clients live in workers
     report = finalize(config, store, len(plan.slices), run, plan.pre_failures)
     log.info("finished %s: %d triplets from %d pairs", config.out, report.triplets, report.pairs)
     return report

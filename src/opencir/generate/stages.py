@@ -23,7 +23,7 @@ from opencir.data.images import ImageLoadError, load_image
 from opencir.data.triplets import Triplet
 from opencir.generate.cache import ResultCache
 from opencir.generate.captioners import CaptionerConfig, build_captioner
-from opencir.generate.client import Usage
+from opencir.generate.client import ChatClient, Usage
 from opencir.generate.jobs import ImageJob, Outcome, PairJob, content_hash, is_retryable
 from opencir.generate.prompts import prompt_hash
 from opencir.generate.sampling import Pair, SamplerConfig
@@ -142,6 +142,18 @@ class Stages:
         size = self.config.shard_size
         needed = -(-2 * self.concurrency() // size) + 1 if self.concurrency() else 1
         return max(self.config.inflight_shards, needed)
+
+    def in_flight(self) -> dict[str, dict[str, int]]:
+        """Each model client's in-flight limit, by stage (see ``AdaptiveLimit.stats``)."""
+        models = {"change": self.writer}
+        if self.uses_captions:
+            models["caption"] = self.captioner
+        clients = {stage: getattr(model, "client", None) for stage, model in models.items()}
+        return {
+            stage: client.in_flight.stats()
+            for stage, client in clients.items()
+            if isinstance(client, ChatClient)
+        }
 
     def provenance(self) -> dict[str, Any]:
         """What produced every triplet of this run (recorded per triplet and in the manifest)."""
