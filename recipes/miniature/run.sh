@@ -17,9 +17,9 @@ WORLD=${1:?usage: run.sh shapes|emoji}
 QUICK=${QUICK:-0}
 case "$WORLD" in
   shapes) BENCHMARK=shapescir GT_SPLIT=train
-          FULL_WORLD_ARGS="--n-train 40000 --n-test 12000 --queries 2000 --val-queries 1500
+          FULL_WORLD_ARGS="--n-train 60000 --n-test 12000 --queries 2000 --val-queries 1500
                            --train-queries 10000"
-          QUICK_WORLD_ARGS="--n-train 3000 --n-test 1500 --queries 200 --val-queries 200
+          QUICK_WORLD_ARGS="--n-train 5000 --n-test 1500 --queries 200 --val-queries 200
                             --train-queries 500"
           FULL_PAIRS=16000 FULL_SCALING="1000 2000 4000 8000" ;;
   emoji)  BENCHMARK=emojicir GT_SPLIT=val
