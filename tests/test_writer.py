@@ -21,6 +21,7 @@ from opencir.generate.writer_eval import (
 )
 from opencir.generate.writer_seeds import (
     WriterSeed,
+    balance_seeds,
     read_seeds,
     seeds_from_triplets,
     unique_seeds,
@@ -134,6 +135,11 @@ def test_one_change_seeds_keep_only_one_attribute_pairs(world: Path, tmp_path: P
     ]
     assert kept and [t["id"] for t in kept] == [t["id"] for t in changed]
     assert len(kept) < len(triplets)  # the world's adds and removes are left out
+    fields = [
+        single_attribute_change(images[t["reference"]], images[t["target"]]).field  # type: ignore[union-attr]
+        for t in kept
+    ]
+    assert [s.provenance["attribute"] for s in read_seeds([out])] == fields
 
 
 def test_one_change_seeds_need_attribute_metadata(world: Path, tmp_path: Path) -> None:
@@ -153,6 +159,14 @@ def test_unique_seeds_drop_repeats_and_keep_the_first() -> None:
     repeat = WriterSeed("a red circle", "a blue circle", "make it blue", {"triplet": "q0#1"})
     other = WriterSeed("a red circle", "a blue circle", "make the circle blue")
     assert unique_seeds([first, repeat, other, repeat]) == [first, other]
+
+
+def test_balanced_seeds_repeat_each_attribute_up_to_the_commonest() -> None:
+    colours = [WriterSeed("a", "b", f"make it {c}", {"attribute": "colour"}) for c in "xyz"]
+    form = WriterSeed("a", "b", "show the face", {"attribute": "form"})
+    assert balance_seeds([*colours, form]) == [*colours, form, form, form]
+    with pytest.raises(ValueError, match="balancing needs one-change seeds"):
+        balance_seeds([*colours, WriterSeed("a", "b", "make it red")])
 
 
 def test_a_seed_row_without_text_is_named(tmp_path: Path) -> None:

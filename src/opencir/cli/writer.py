@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="drop repeated (caption A, caption B, text) rows, e.g. a query's other targets",
     )
+    seed.add_argument(
+        "--balance",
+        action="store_true",
+        help="with --one-change: repeat each changed attribute's seeds until every attribute "
+        "has as many as the commonest",
+    )
     seed.set_defaults(handler=run_seed)
     _register_eval(commands)
 
@@ -80,7 +86,12 @@ def _register_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def run_seed(args: argparse.Namespace) -> int:
-    from opencir.generate.writer_seeds import seeds_from_triplets, unique_seeds, write_seeds
+    from opencir.generate.writer_seeds import (
+        balance_seeds,
+        seeds_from_triplets,
+        unique_seeds,
+        write_seeds,
+    )
 
     seeds = [
         s
@@ -89,6 +100,8 @@ def run_seed(args: argparse.Namespace) -> int:
     ]
     if args.unique:
         seeds = unique_seeds(seeds)
+    if args.balance:
+        seeds = balance_seeds(seeds)
     write_seeds(seeds, args.out)
     kinds: dict[str, int] = {}
     for seed in seeds:

@@ -60,22 +60,29 @@ def seeds_from_triplets(
 
     ``one_change``: keep only the triplets whose two images differ in one attribute of one
     object, as their collection's ``attributes`` metadata says (the pairs ``opencir writer
-    eval`` asks about); a collection without such metadata is an error.
+    eval`` asks about), each seed's provenance naming the changed ``attribute``; a
+    collection without such metadata is an error.
     """
     file = triplet_file(path)
     triplets = read_triplets(file)
     metadata = _metadata_if_needed(file, triplets, one_change)
     names = SIDECAR_FIELDS if caption_field == "auto" else (caption_field,)
-    if one_change:
-        triplets = _one_change_triplets(file, triplets, metadata)
+    kept = (
+        _one_change_triplets(file, triplets, metadata)
+        if one_change
+        else [(t, None) for t in triplets]
+    )
     seeds = []
-    for triplet in triplets:
+    for triplet, attribute in kept:
         captions = [
             triplet.extra.get(f"{side}_caption") or _caption(metadata.get(key, {}), names)
             for side, key in (("reference", triplet.reference), ("target", triplet.target))
         ]
         if all(captions):
-            seeds.append(WriterSeed(*captions, triplet.text, _provenance(triplet, file)))
+            provenance = _provenance(triplet, file)
+            if attribute is not None:
+                provenance["attribute"] = attribute
+            seeds.append(WriterSeed(*captions, triplet.text, provenance))
     if not seeds:
         raise ValueError(
             f"{file}: no triplet has two captions (looked in reference_caption/target_caption "
@@ -98,20 +105,20 @@ def _metadata_if_needed(
 
 def _one_change_triplets(
     file: Path, triplets: Sequence[Triplet], metadata: Mapping[str, Mapping[str, Any]]
-) -> list[Triplet]:
-    """The triplets whose images differ in one attribute of one object."""
+) -> list[tuple[Triplet, str]]:
+    """The triplets whose images differ in one attribute of one object, with that attribute."""
     if not any("attributes" in meta for meta in metadata.values()):
         raise ValueError(
             f"{file}: one-change seeds need the images' attributes metadata, "
             "which this collection lacks"
         )
-    return [
-        t
-        for t in triplets
-        if t.reference in metadata
-        and t.target in metadata
-        and single_attribute_change(metadata[t.reference], metadata[t.target]) is not None
-    ]
+    kept = []
+    for t in triplets:
+        if t.reference in metadata and t.target in metadata:
+            change = single_attribute_change(metadata[t.reference], metadata[t.target])
+            if change is not None:
+                kept.append((t, change.field))
+    return kept
 
 
 def _caption(meta: Mapping[str, Any], names: Sequence[str]) -> str | None:
@@ -143,6 +150,25 @@ def unique_seeds(seeds: Iterable[WriterSeed]) -> list[WriterSeed]:
             seen.add(key)
             kept.append(seed)
     return kept
+
+
+def balance_seeds(seeds: Sequence[WriterSeed]) -> list[WriterSeed]:
+    """Each changed attribute's seeds repeated in turn until it has as many as the commonest.
+
+    The attribute is the one the seed's provenance names (``one_change`` records it), so a
+    kind of change that the sampled pairs rarely hold (an emoji's form) is not drowned by a
+    common one (its skin tone).
+    """
+    groups: dict[str, list[WriterSeed]] = {}
+    for seed in seeds:
+        attribute = seed.provenance.get("attribute")
+        if attribute is None:
+            raise ValueError(
+                "balancing needs one-change seeds (their provenance names the changed attribute)"
+            )
+        groups.setdefault(str(attribute), []).append(seed)
+    most = max((len(group) for group in groups.values()), default=0)
+    return [group[i % len(group)] for group in groups.values() for i in range(most)]
 
 
 def write_seeds(seeds: Iterable[WriterSeed], path: str | Path) -> Path:
