@@ -1,0 +1,62 @@
+"""The caption oracle of a backbone in a miniature world: how well a perfect query could do.
+
+Each query of a split is asked with its first target's full alt text instead of its
+modification text, through the backbone's own text tower (the ``text-only`` baseline); the
+gallery, ground truth and protocol are the split's. The alt text names every object of the
+target scene, so this is the best any query encoder can hope for if it learns to say the edited
+scene in the backbone's joint space: when even it misses the target at R@1, the gallery
+embedding cannot tell the target from its near misses, and no composed-retrieval training on
+top of that backbone's target side can rank it first. Prints the split's metrics table.
+
+    .venv/bin/python recipes/miniature/caption_oracle.py WORLD BACKBONE [--benchmark shapescir] \\
+        [--split val] [--out FILE.json] [--cache-dir DIR]
+
+BACKBONE is a backbone folder (``opencir train`` stage ``pretrain`` writes ``OUT/backbone``)
+or an OpenCIR checkpoint folder, as ``opencir eval --pretrained`` takes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from opencir.eval.benchmark import BenchmarkSplit
+from opencir.eval.benchmarks import load_benchmark
+from opencir.eval.evaluate import evaluate
+from opencir.models import load_model
+
+
+def oracle_split(split: BenchmarkSplit, root: Path) -> BenchmarkSplit:
+    """``split`` with every query's text replaced by its first target's alt text."""
+    alt_text = {}
+    for line in (root / "images.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        alt_text[row["id"]] = row["alt_text"]
+    queries = [replace(q, text=alt_text[q.targets[0]]) for q in split.queries if q.targets]
+    return replace(split, queries=queries)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("world", type=Path, help="world root (images.jsonl)")
+    parser.add_argument("backbone", help="backbone or OpenCIR checkpoint folder")
+    parser.add_argument("--benchmark", default="shapescir", help="shapescir or emojicir")
+    parser.add_argument("--model", default="text-only-vit-mini-minilm", help="text-only NAME")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--out", type=Path, help="write the results JSON here")
+    parser.add_argument("--cache-dir", help="gallery embedding cache")
+    args = parser.parse_args()
+    if not (args.world / "images.jsonl").is_file():
+        raise SystemExit(f"{args.world} is not a world folder: no images.jsonl in it")
+    split = oracle_split(load_benchmark(args.benchmark, str(args.world), args.split), args.world)
+    model = load_model(args.model, pretrained=args.backbone)
+    result = evaluate(model, split, cache_dir=args.cache_dir)
+    print(result.format_table())
+    if args.out:
+        result.to_json(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The miniature recipe's backbone diagnostics (recipes/miniature/*.py) on a tiny world."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from opencir.eval.benchmarks import load_benchmark
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "miniature"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _alt_texts(world: Path) -> dict[str, str]:
+    rows = (json.loads(line) for line in (world / "images.jsonl").open(encoding="utf-8"))
+    return {row["id"]: row["alt_text"] for row in rows}
+
+
+def test_the_caption_oracle_asks_each_query_with_its_target_description(world: Path) -> None:
+    split = load_benchmark("shapescir", str(world), "val")
+    oracle = _script("caption_oracle").oracle_split(split, world)
+    alt = _alt_texts(world)
+    assert len(oracle.queries) == len(split.queries) > 0
+    for asked, original in zip(oracle.queries, split.queries, strict=True):
+        assert asked.text == alt[original.targets[0]] != original.text
+        assert (asked.reference, asked.targets) == (original.reference, original.targets)
+    assert oracle.gallery == split.gallery and oracle.exclude_reference == split.exclude_reference
+
+
+def test_scene_recall_counts_a_hit_when_the_nearest_image_shows_the_same_scene(
+    world: Path,
+) -> None:
+    rows = [json.loads(line) for line in (world / "images.jsonl").open(encoding="utf-8")]
+    train = [r for r in rows if r["split"] == "train"]
+    scenes = [json.dumps(r["attributes"], sort_keys=True) for r in train]
+    code = {scene: i for i, scene in enumerate(dict.fromkeys(scenes))}
+
+    class SceneModel:  # embeds the images, in gallery order, by their scene: a perfect encoder
+        def __init__(self, rows: list[torch.Tensor]) -> None:
+            self.queue = rows
+
+        def encode_target(self, images):
+            return torch.stack([self.queue.pop(0) for _ in images])
+
+    one_hot = [torch.nn.functional.one_hot(torch.tensor(code[s]), len(code)) for s in scenes]
+    repeated = sum(scenes.count(s) for s in set(scenes) if scenes.count(s) > 1)
+    assert repeated > 0
+    scene_hits = _script("scene_recall").scene_hits
+    hits = scene_hits(world, SceneModel([row.float() for row in one_hot]), limit=len(train))
+    assert len(hits) == repeated and all(hit == 1.0 for hit in hits)
+    # an encoder blind to the scene (every image alike) finds the first other image instead
+    blind = scene_hits(world, SceneModel([torch.ones(3) for _ in scenes]), limit=len(train))
+    assert len(blind) == repeated and sum(blind) < repeated
