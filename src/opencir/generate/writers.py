@@ -37,7 +37,8 @@ class WriterConfig:
     seed's reformulation prompt with ``{caption_a}``/``{caption_b}``; the pair writer's takes
     ``{max_words}``). ``attributes_field``: metadata the template writer compares first.
     ``hf_model``: the local causal LM of the ``hf`` writer (a directory, e.g. a tuned writer's
-    ``final/``, or a GGUF), run on ``device`` in batches of ``batch_size``, greedy.
+    ``final/`` or ``adapter/``, a GGUF, or a shipped writer's name such as ``shapes-writer``),
+    run on ``device`` in batches of ``batch_size``, greedy.
     """
 
     kind: str = "llm"
@@ -59,7 +60,10 @@ class WriterConfig:
                 f"the {self.kind} writer needs an endpoint (--endpoint, --writer-model)"
             )
         if self.kind == "hf" and not self.hf_model:
-            raise ValueError("the hf writer needs a local model (--writer-model DIR or .gguf)")
+            raise ValueError(
+                "the hf writer needs a local model (--writer-model DIR, .gguf or a shipped "
+                "writer such as shapes-writer)"
+            )
         if self.reject_retries < 0:
             raise ValueError(f"reject_retries must be >= 0, got {self.reject_retries}")
         if self.batch_size < 1 or self.max_new_tokens < 1:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from opencir.atomic import atomic_write, fsync_tree, staging_dir, swap_in
-from opencir.generate.causal_lm import chat_prompt, load_causal_lm, load_tokenizer
+from opencir.generate.causal_lm import WRITER_RECORD, chat_prompt, load_causal_lm, load_tokenizer
 from opencir.generate.prompts import REFORMULATION_PROMPT, reformulation_request
 from opencir.generate.writer_seeds import WriterSeed, read_seeds
 from opencir.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -36,7 +36,7 @@ from opencir.train.tasks import Task
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of the tokens the loss skips (prompt and padding)
-TRAINING_FILE = "opencir_writer.json"
+TRAINING_FILE = WRITER_RECORD
 
 
 @dataclass(frozen=True)
