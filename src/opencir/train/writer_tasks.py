@@ -222,6 +222,8 @@ class WriterTask(Task):
     def export(self, out_dir: Path) -> Path:
         """``adapter/`` (LoRA alone) then ``final/`` (merged model + tokenizer)."""
         record = json.dumps(self._record(), indent=2, ensure_ascii=False).encode()
+        for adapter in self.model.lm.peft_config.values():  # the recipe's own name for the base
+            adapter.base_model_name_or_path = self.config.model
         self._write_folder(out_dir / "adapter", self.model.lm.save_pretrained, record)
         merged = self.model.lm.merge_and_unload()
         tokenizer = self.model.tokenizer
