@@ -46,18 +46,20 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
+def _writers_root() -> Path:
+    return Path(str(resources.files("opencir") / "assets" / "writers"))
+
+
 def shipped_writers() -> list[str]:
     """Names of the tuned writers shipped inside the package (``opencir/assets/writers``)."""
-    root = Path(str(resources.files("opencir") / "assets" / "writers"))
+    root = _writers_root()
     found = root.iterdir() if root.is_dir() else ()
     return sorted(path.name for path in found if (path / ADAPTER_CONFIG).is_file())
 
 
 def shipped_writer(name: str) -> Path | None:
     """The adapter folder of the shipped writer ``name`` (``shapes-writer``), if present."""
-    if name not in shipped_writers():
-        return None
-    return Path(str(resources.files("opencir") / "assets" / "writers" / name))
+    return _writers_root() / name if name in shipped_writers() else None
 
 
 def adapter_base(folder: Path) -> str:
