@@ -355,8 +355,9 @@ def generate(config: GenerateConfig) -> RunReport:
         "pairs_processed": todo,
         "pairs_per_s": round(todo / seconds, 2) if seconds else 0.0,
     }
-    if config.engine == "local" and plan.stages.in_flight():
-        run["in_flight"] = plan.stages.in_flight()  # the Ray engine's clients live in workers
+    in_flight = plan.stages.in_flight() if config.engine == "local" else {}
+    if in_flight:  # the Ray engine's clients live in its workers
+        run["in_flight"] = in_flight
     report = finalize(config, store, len(plan.slices), run, plan.pre_failures)
     log.info("finished %s: %d triplets from %d pairs", config.out, report.triplets, report.pairs)
     return report
