@@ -31,11 +31,11 @@ esac
 if [ "$QUICK" = 1 ]; then
   OUT=${OUT:-runs/$WORLD-quick} WORLD_ARGS=${WORLD_ARGS:-$QUICK_WORLD_ARGS}
   PAIRS=${PAIRS:-1000} SCALING=${SCALING:-"250 500"} SEEDS=${SEEDS:-0}
-  STEPS=(steps="${QUICK_STEPS:-40}")  # every training stage
+  TRAIN_EXTRA=(steps="${QUICK_STEPS:-40}")  # every training stage
 else
   OUT=${OUT:-runs/$WORLD-tiny} WORLD_ARGS=${WORLD_ARGS:-$FULL_WORLD_ARGS}
   PAIRS=${PAIRS:-$FULL_PAIRS} SCALING=${SCALING:-$FULL_SCALING} SEEDS=${SEEDS:-"0 1 2"}
-  STEPS=()  # each recipe's own
+  TRAIN_EXTRA=()  # each recipe's own steps
 fi
 OPENCIR=${OPENCIR:-.venv/bin/opencir}
 RECIPES=recipes/miniature
@@ -44,22 +44,9 @@ BB=$OUT/pretrain/backbone
 mkdir -p "$OUT/results"
 
 done_marker() { [ -e "$1" ]; }
-
-train() {  # train NAME RECIPE [overrides...]: skip when NAME/final exists, else (re)start/resume
-  local name=$1 recipe=$2; shift 2
-  done_marker "$OUT/$name/final/config.json" && return 0
-  local resume=()
-  [ -f "$OUT/$name/checkpoints/latest" ] && resume=(--resume latest)
-  "$OPENCIR" train --recipe "$recipe" out_dir="$OUT/$name" "$@" "${STEPS[@]}" "${resume[@]}" \
-    --no-progress
-}
-
-evaluate() {  # evaluate NAME MODEL [extra args]
-  local name=$1 model=$2; shift 2
-  done_marker "$OUT/results/$name.json" && return 0
-  "$OPENCIR" eval --model "$model" --benchmark "$BENCHMARK" --data-root "$W" --split test \
-    --out "$OUT/results/$name.json" --cache-dir "$OUT/cache" --no-progress "$@"
-}
+# shellcheck source=recipes/miniature/lib.sh
+source "$RECIPES/lib.sh"
+evaluate() { evaluate_on "$W" test "$BENCHMARK" "$@"; }  # evaluate NAME MODEL [extra args]
 
 seeded() {  # seeded NAME SEED: the run name of one seed (seed 0 keeps the plain name)
   if [ "$2" = 0 ]; then echo "$1"; else echo "$1-seed$2"; fi
