@@ -8,10 +8,11 @@ It answers ``/v1/chat/completions`` and ``/v1/completions`` deterministically:
 * text with ``Requested change:`` → the description rewritten with that change's colour.
 
 Failure modes are queued per request (:meth:`FakeLLMServer.queue`) or set for every request
-(:meth:`FakeLLMServer.always`): ``"500"``, ``"503"``, ``"429:SECONDS"`` (with ``Retry-After``),
-``"400"``, ``"stall"`` (no response until stopped), ``"stall_body"`` (headers, then nothing),
-``"garbage"`` (200 with a non-JSON body), ``"no_choices"`` (JSON without an answer),
-``"text:ANSWER"`` (a fixed answer, e.g. an invalid change). Every request is recorded.
+(:meth:`FakeLLMServer.always`): ``"500"``, ``"503"``, ``"504"``, ``"429:SECONDS"`` (with
+``Retry-After``), ``"400"``, ``"stall"`` (no response until stopped), ``"stall_body"``
+(headers, then nothing), ``"garbage"`` (200 with a non-JSON body), ``"no_choices"`` (JSON
+without an answer), ``"text:ANSWER"`` (a fixed answer, e.g. an invalid change). Every
+request is recorded.
 ``slots=N`` makes it answer N requests at a time and queue the rest, as llama.cpp's server
 does: a request its client gave up on still takes its turn (``delay_s``) in the queue.
 Everything stays on 127.0.0.1 and stops with the server.
@@ -191,7 +192,7 @@ class FakeLLMServer:
                     server._done()
 
             def _reply(self, mode: str, body: dict[str, Any]) -> None:
-                if mode in ("500", "503", "400"):
+                if mode in ("500", "503", "504", "400"):
                     self._send(int(mode), {"error": {"message": f"injected {mode}"}})
                 elif mode.startswith("429"):
                     wait = mode.partition(":")[2] or "1"

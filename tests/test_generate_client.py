@@ -193,7 +193,9 @@ def test_endpoint_config_checks() -> None:
     assert "secret" not in repr(EndpointConfig(model="m", api_key="secret"))
 
 
-@pytest.mark.parametrize(("mode", "cut"), [("429:0", True), ("503", True), ("500", False)])
+@pytest.mark.parametrize(
+    ("mode", "cut"), [("429:0", True), ("503", True), ("504", True), ("500", False)]
+)
 def test_overload_answers_cut_the_in_flight_limit(
     server: FakeLLMServer, mode: str, cut: bool
 ) -> None:

@@ -134,7 +134,7 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="most requests in flight per model (default: EndpointConfig's, 64); the client "
-        "halves its limit on timeouts and 429/503 answers and grows it back on successes",
+        "halves its limit on timeouts and 429/503/504 answers and grows it back on successes",
     )
     group.add_argument(
         "--fixed-concurrency",

@@ -36,7 +36,7 @@ REQUEST_FAILURES = frozenset(
 )
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # Answers that say "too much at once": they cut an adaptive in-flight limit, as timeouts do.
-OVERLOAD_STATUS = frozenset({429, 503})
+OVERLOAD_STATUS = frozenset({429, 503, 504})  # 504: a gateway timed out waiting for it
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class EndpointConfig:
     up to 64 sequences busy (vLLM, TGI). A server with fewer slots (Ollama, one llama.cpp
     process) queues the excess, and the wait counts against ``timeout_s``. With
     ``adaptive_concurrency`` (the default) the client finds the right number itself: a
-    timeout or a 429/503 answer halves its in-flight limit, a window of successes adds one
+    timeout or a 429/503/504 answer halves its in-flight limit, a window of successes adds one
     back, never above ``concurrency`` (see :class:`AdaptiveLimit`). Off, ``concurrency`` is a
     fixed limit: then keep concurrency × seconds per answer ÷ slots well under ``timeout_s``.
     """
@@ -178,7 +178,7 @@ class Slot:
 class AdaptiveLimit:
     """Requests in flight, at most ``limit``; the limit adapts when ``adaptive`` (AIMD).
 
-    * **Cut**: a request that met an overload (it timed out, or the server answered 429/503)
+    * **Cut**: a request that met an overload (it timed out, or the server answered 429/503/504)
       halves the limit, not below 1. One overload usually fails every request queued behind
       it, so a cut counts only requests *started after the last cut*: those started before it
       met the same overload, and a burst of 64 timeouts cuts 64 → 32, not 64 → 1. If the
