@@ -65,7 +65,7 @@ writer_args() {  # writer_args NAME: the generate/writer-eval arguments of one w
     tuned-*) echo "--writer hf --writer-model $OUT/writer-${1#tuned-}/final" ;;
   esac
 }
-for name in template untuned tuned-template tuned-ground-truth; do
+for name in template tuned-ground-truth tuned-template untuned; do
   read -r -a args <<< "$(writer_args "$name")"
   [ -e "$OUT/results/writer-$name.json" ] || "$OPENCIR" writer eval --world "$T" --limit 100 \
     "${args[@]}" --out "$OUT/results/writer-$name.json"
