@@ -69,7 +69,9 @@ for name in template tuned-ground-truth tuned-template untuned; do
   read -r -a args <<< "$(writer_args "$name")"
   [ -e "$OUT/results/writer-$name.json" ] || "$OPENCIR" writer eval --world "$T" --limit 100 \
     "${args[@]}" --out "$OUT/results/writer-$name.json"
-  generate "$OUT/triplets-$name" "$A/images.jsonl" "$PAIRS" "${args[@]}"
+  # a writer none of whose answers passes the filters fails the run, after its report
+  generate "$OUT/triplets-$name" "$A/images.jsonl" "$PAIRS" "${args[@]}" ||
+    [ -e "$OUT/triplets-$name/report.json" ]
   if [ ! -s "$OUT/triplets-$name/triplets.jsonl" ]; then
     echo "writer $name: no triplet passed the filters, so there is no S1 to train" >&2
     continue
