@@ -7,7 +7,7 @@
 # Writers: the template writer (reads the images' attribute metadata); SmolLM2-135M-Instruct
 # untuned; SmolLM2 + LoRA tuned on the template writer's texts (the paper's seed-data route);
 # SmolLM2 + LoRA tuned on ground-truth triplets (the paper's "-GT" upper bound).
-# Worlds: A (seed 0) — the backbone is pretrained on its images and the pairs are sampled from
+# Worlds: A (seed 0) — the backbone is pretrained on its images (3,000 steps) and the pairs are sampled from
 # its train side; S (seed 5) — the writers' seed data: its ground-truth val queries and the
 # template writer's texts on related pairs of its train side; T (seed 2) — the test world,
 # 2,000 queries in a 12,000-image gallery. Every step is skipped when done; trainings resume.
@@ -40,7 +40,7 @@ generate() {  # generate OUT IMAGES PAIRS [writer args]: related pairs of a worl
     --captioner sidecar --seed 0 --no-progress --no-verify-images "$@"
 }
 
-train pretrain "$RECIPES/pretrain.yaml" data.pairs="$A/images.jsonl"
+train pretrain "$RECIPES/pretrain.yaml" data.pairs="$A/images.jsonl" steps=3000  # as measured
 BB=$OUT/pretrain/backbone
 evaluate image-only image-only-vit-mini-minilm --pretrained "$BB"
 
