@@ -7,8 +7,8 @@
 # Writers: the template writer (reads the images' attribute metadata); SmolLM2-135M-Instruct
 # untuned; SmolLM2 + LoRA tuned on the template writer's texts (the paper's seed-data route);
 # SmolLM2 + LoRA tuned on ground-truth triplets (the paper's "-GT" upper bound).
-# Worlds: A (seed 0) — the backbone is pretrained on its images (3,000 steps) and the pairs are sampled from
-# its train side; S (seed 5) — the writers' seed data: its ground-truth val queries and the
+# Worlds: A (seed 0) — the backbone is pretrained on its images (3,000 steps) and the pairs
+# are sampled from its train side; S (seed 5) — the writers' seed data: its ground-truth val queries and the
 # template writer's texts on related pairs of its train side; T (seed 2) — the test world,
 # 2,000 queries in a 12,000-image gallery. Every step is skipped when done; trainings resume.
 # PAIRS (default 1000) pairs per writer; S1_STEPS (default 1000) steps of S1 on each collection.
