@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from opencir.data.collections import get_field
@@ -169,20 +170,18 @@ class HFCaptioner(Captioner):
         self._model: Any = None
         self._processor: Any = None
         self._lock = threading.Lock()
-        self._weights: str | None = None
 
+    @cached_property
     def weights(self) -> str | None:
         """A hash of the model folder's files (``None`` for a hub id, named by its id)."""
-        if self._weights is None:
-            self._weights = local_model_digest(self.config.hf_model)
-        return self._weights
+        return local_model_digest(self.config.hf_model)
 
     def provenance(self) -> dict[str, Any]:
         c = self.config
         return {
             "kind": self.kind,
             "model": c.hf_model,
-            "weights": self.weights(),
+            "weights": self.weights,
             "prompt_mode": c.prompt_mode,
             "max_new_tokens": c.max_new_tokens,
             "prompt_sha": prompt_hash(c.prompt),
@@ -190,7 +189,7 @@ class HFCaptioner(Captioner):
 
     def cache_namespace(self) -> str:
         c = self.config
-        settings = f"{c.prompt_mode}:{c.max_new_tokens}:{self.weights()}"
+        settings = f"{c.prompt_mode}:{c.max_new_tokens}:{self.weights}"
         return f"caption:hf:{c.hf_model}:{prompt_hash(c.prompt, settings)}"
 
     def _load(self) -> tuple[Any, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from opencir.generate.causal_lm import (
@@ -35,21 +36,19 @@ class HFWriter(ChangeWriter):
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
-        self._weights: str | None = None
 
+    @cached_property
     def weights(self) -> str:
         """A hash of the model's files: a shipped name or folder re-tuned in place is a new
         model to the answer cache."""
-        if self._weights is None:
-            assert self.config.hf_model is not None
-            self._weights = resolve_model_source(self.config.hf_model).digest()
-        return self._weights
+        assert self.config.hf_model is not None
+        return resolve_model_source(self.config.hf_model).digest()
 
     def provenance(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "model": self.config.hf_model,
-            "weights": self.weights(),
+            "weights": self.weights,
             "decoding": "greedy",
             "max_new_tokens": self.config.max_new_tokens,
             "prompt_sha": prompt_hash(self.prompt, str(self.config.validation.max_words)),
