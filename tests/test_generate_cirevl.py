@@ -15,7 +15,7 @@ from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
 from opencir.eval.evaluate import evaluate
 from opencir.generate import CIReVL, EndpointConfig, load_cirevl
 from opencir.generate.captioners import OpenAICaptioner
-from opencir.generate.cirevl import run_sync
+from opencir.generate.cirevl import CIReVLConfig, run_sync
 from opencir.generate.client import ChatClient
 from opencir.models import create_model
 from tests.fake_llm_server import FakeLLMServer
@@ -102,3 +102,46 @@ def test_from_a_json_config(server: FakeLLMServer, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"model": "text-only-tiny"}))
     with pytest.raises(ValueError, match="bad CIReVL config"):
         load_cirevl(tmp_path / "bad.json")
+
+
+def _manifest(tmp_path: Path, captions: dict[str, str]) -> Path:
+    """A collection manifest: one solid-colour PNG per colour, captioned in ``alt_text``."""
+    (tmp_path / "images").mkdir(parents=True)
+    rows = []
+    for colour, caption in captions.items():
+        _image(colour).save(tmp_path / "images" / f"{colour}.png")
+        rows.append({"id": colour, "file": f"images/{colour}.png", "alt_text": caption})
+    path = tmp_path / "images.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_sidecar_captions_are_found_by_image_content(server: FakeLLMServer, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, {"red": "a big red square", "blue": "a small blue circle"})
+    config = {
+        "model": "text-only-tiny",
+        "captioner": {"kind": "sidecar", "field": "alt_text"},
+        "rewriter": {"model": "fake", "base_url": server.url, "max_retries": 0},
+        "sidecar": str(manifest),
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    (tmp_path / "cirevl.json").write_text(json.dumps(config))
+    retriever = load_cirevl(tmp_path / "cirevl.json")
+    images = [_image("blue"), _image("red").convert("RGBA"), _image("green")]
+    texts = ["make it yellow", "make it green", "make it red"]
+    # the reference's own caption, rewritten; green is not in the collection: no caption, so
+    # the query falls back to its modification text
+    assert retriever.rewritten(images, texts) == [
+        "a small yellow circle",
+        "a big green square",
+        "make it red",
+    ]
+    assert server.count() == 3  # rewrites only: sidecar captions cost no request
+    asked = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert any("Image description: a small blue circle" in str(text) for text in asked)
+    other = {**config, "sidecar": str(_manifest(tmp_path / "other", {"red": "a red disc"}))}
+    assert CIReVL.from_config(CIReVLConfig.from_dict(other)).fingerprint() != (
+        retriever.fingerprint()
+    )
+    with pytest.raises(ValueError, match="sidecar captioner needs 'sidecar'"):
+        CIReVLConfig.from_dict({k: v for k, v in config.items() if k != "sidecar"})

