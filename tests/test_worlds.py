@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import string
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,73 @@ def test_no_test_style_template_can_match_the_writer_patterns() -> None:
         for style in phrasing.TEST_STYLES:
             text = shapes.edit_text(scene, edit, style, rng)
             assert not phrasing.looks_like_template(text) and text != plain, text
+
+
+def _template_shapes(templates: dict[str, dict[str, tuple[str, ...]]]) -> set[str]:
+    """Every template with its slots blanked: the sentence shapes a register uses."""
+    return {
+        string.Formatter().vformat(t, (), _Blank())
+        for kinds in templates.values()
+        for options in kinds.values()
+        for t in options
+    }
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return "_"
+
+
+def test_the_held_out_val_register_shares_nothing_with_the_test_register() -> None:
+    val_words = {w for options in phrasing.VAL_SYNONYMS.values() for w in options}
+    test_words = {w for options in phrasing.SYNONYMS.values() for w in options}
+    assert not val_words & test_words
+    for val_table, test_table in (
+        (phrasing.VAL_PLACES, phrasing.PLACES),
+        (phrasing.VAL_DIRECTIONS, phrasing.DIRECTIONS),
+        (phrasing.VAL_TONES, phrasing.TONES),
+        (phrasing.VAL_HAIR, phrasing.HAIR),
+        (phrasing.VAL_VIEWS, phrasing.VIEWS),
+    ):
+        assert val_table.keys() == test_table.keys()
+        for key in val_table:  # only the canonical phrase (the plain style's) may be shared
+            shared = set(val_table[key]) & set(test_table[key])
+            assert shared <= {test_table[key][0]}, (key, shared)
+    assert not _template_shapes(phrasing.VAL_TEMPLATES) & _template_shapes(phrasing.TEMPLATES)
+    rng = random.Random(1)
+    for _ in range(300):
+        scene = shapes.random_scene(rng, rng.randint(2, 4))
+        edit = shapes.sample_edit(scene, rng.choice(shapes.KINDS), rng)
+        for style in phrasing.VAL_STYLES:
+            text = shapes.edit_text(scene, edit, style, rng)
+            assert not phrasing.looks_like_template(text), text
+
+
+@pytest.mark.parametrize("which", ["shapes", "emoji"])
+def test_a_held_out_val_side_rewords_the_same_val_queries(which: str, tmp_path: Path) -> None:
+    if which == "emoji":
+        _font_or_skip()
+    generate, small, seed = (
+        (generate_shapes_world, SMALL_SHAPES, 3)
+        if which == "shapes"
+        else (generate_emoji_world, SMALL_EMOJI, 5)
+    )
+    plain = generate(tmp_path / "plain", seed=seed, **small)
+    held = generate(tmp_path / "held", seed=seed, val_phrasing="held-out", **small)
+    a, b = _all_bytes(plain.root), _all_bytes(held.root)
+    different = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert different == {"queries.val.jsonl", "world.json"}  # images and test queries alike
+    assert "val_phrasing" not in plain.params and held.params["val_phrasing"] == "held-out"
+    assert held.params["styles"]["val"] == list(phrasing.VAL_STYLES)
+    before = _jsonl(plain.root / "queries.val.jsonl")
+    after = _jsonl(held.root / "queries.val.jsonl")
+    assert [(q["reference"], q["targets"], q["edit"]) for q in before] == [
+        (q["reference"], q["targets"], q["edit"]) for q in after
+    ]
+    assert {q["style"] for q in after} <= set(phrasing.VAL_STYLES)
+    assert all(x["text"] != y["text"] for x, y in zip(before, after, strict=True))
+    with pytest.raises(ValueError, match="val_phrasing must be one of"):
+        generate(tmp_path / "bad", seed=seed, val_phrasing="shifted", **small)
 
 
 # ---------------------------------------------------------------------------- EmojiCIR

@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="ground-truth queries on the train side for supervised training, apart "
                 "from the val queries (export them with `world triplets --split train`)",
             )
+        world.add_argument(
+            "--val-phrasing",
+            default="plain",
+            choices=("plain", "held-out"),
+            help="plain: val texts in the terse canonical style a template writer uses; "
+            "held-out: in two styles with their own words that neither the test phrasings "
+            "nor training texts use, to choose settings for unseen phrasing (same val "
+            "queries and images as plain, other texts)",
+        )
         world.add_argument("--seed", type=int, default=0)
         world.add_argument("--image-size", type=int, default=64)
         world.add_argument("--workers", type=int, default=0, help="render processes")
@@ -48,6 +57,8 @@ def run_generate(args: argparse.Namespace) -> int:
     options = {k: v for k, v in sizes if v is not None}
     if getattr(args, "train_queries", 0):
         options["n_train_queries"] = args.train_queries
+    if args.val_phrasing != "plain":
+        options["val_phrasing"] = args.val_phrasing
     info = generate(
         args.out, n_queries=args.queries, n_val_queries=args.val_queries, seed=args.seed,
         image_size=args.image_size, workers=args.workers, overwrite=args.overwrite, **options,

@@ -81,6 +81,16 @@ class ImageRecord:
         }
 
 
+def config_params(cfg: Any) -> dict[str, Any]:
+    """A world config's fields as ``world.json`` records them: all but ``seed`` (recorded
+    apart), and ``val_phrasing`` only when it is not the default ``plain``, so a world made
+    before that option existed is still the same world."""
+    params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    if params.get("val_phrasing") == "plain":
+        del params["val_phrasing"]
+    return params
+
+
 @dataclass(frozen=True)
 class QueryRecord:
     """One composed query; ``targets`` are every image of the side matching the edited scene."""

@@ -26,7 +26,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
@@ -43,6 +43,7 @@ from opencir.data.worlds.common import (
     WorldInfo,
     WorldWriter,
     build_world,
+    config_params,
 )
 
 log = logging.getLogger(__name__)
@@ -421,6 +422,7 @@ class EmojiConfig:
     image_size: int = 64
     test_fraction: float = 0.5
     n_distractors: int = 3
+    val_phrasing: str = phrasing.PLAIN  # or "held-out": val texts in the held-out val styles
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
@@ -430,6 +432,10 @@ class EmojiConfig:
         sizes = (self.n_train or 0, self.n_test or 0, self.n_queries, self.n_val_queries)
         if min(*sizes, self.n_distractors) < 0:
             raise ValueError("image, query and distractor counts must be >= 0")
+        if self.val_phrasing not in phrasing.VAL_PHRASINGS:
+            raise ValueError(
+                f"val_phrasing must be one of {phrasing.VAL_PHRASINGS}, got {self.val_phrasing!r}"
+            )
 
 
 def _split_families(
@@ -551,7 +557,14 @@ def _query_records(
                 tuple(d.id for d in distractors),
             )
         )
-    return records
+    reworded = None if test else phrasing.val_styles(cfg.val_phrasing, len(records), cfg.seed)
+    if reworded is None:
+        return records
+    styles, text_rng = reworded  # same queries, other words: the held-out val phrasing
+    return [
+        replace(r, text=emoji_text(kind, ref, target, style, text_rng), style=style)
+        for r, (kind, ref, target), style in zip(records, picked, styles, strict=True)
+    ]
 
 
 def _font_params(font: Path) -> dict[str, Any]:
@@ -561,14 +574,17 @@ def _font_params(font: Path) -> dict[str, Any]:
 
 def world_params(cfg: EmojiConfig, font: Path) -> dict[str, Any]:
     """What ``world.json`` records: the config (minus seed), the font and Unicode versions."""
-    params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    params = config_params(cfg)
     params.update(
         generator="opencir.data.worlds.emoji",
         font=_font_params(font),
         kinds=list(KINDS),
         unicode_version=unicodedata.unidata_version,
         font_pixels=FONT_PIXELS,
-        styles={"test": list(phrasing.TEST_STYLES), "val": [phrasing.PLAIN]},
+        styles={
+            "test": list(phrasing.TEST_STYLES),
+            "val": phrasing.val_style_names(cfg.val_phrasing),
+        },
     )
     return params
 

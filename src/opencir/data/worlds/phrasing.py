@@ -10,6 +10,11 @@ Two registers, kept apart on purpose:
   sizes, places and skin tones. None of them can match :data:`TEMPLATE_WRITER_PATTERNS`, the
   shapes of sentence a template writer produces, so a model cannot score by pattern-matching
   its training texts.
+* the *held-out val styles* — ``spoken`` and ``note`` — for a val side whose phrasing is as
+  unseen as the test's but shares none of it: their own templates and their own words
+  (:data:`VAL_SYNONYMS`, and val-only phrases for places, moves, skin tones, hair and views).
+  Settings chosen on such a val side are chosen for unseen phrasing, without looking at the
+  test phrasings.
 
 Worlds build the slot values (``obj``, ``new``, ``where``, ...) with :func:`word` and
 :func:`place`, then call :func:`paraphrase`.
@@ -24,6 +29,8 @@ from collections.abc import Mapping, Sequence
 
 PLAIN = "plain"
 TEST_STYLES = ("casual", "request", "fragment", "target")
+VAL_STYLES = ("spoken", "note")
+VAL_PHRASINGS = ("plain", "held-out")  # what a world's val side may use
 
 # Words a test text may use instead of the canonical one (the canonical word stays possible).
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -97,6 +104,70 @@ HAIR: dict[str, tuple[str, ...]] = {
 VIEWS: dict[str, tuple[str, ...]] = {
     "face": ("only the face", "just its face", "a close-up of the head"),
     "body": ("the whole animal", "its full body", "the entire animal, head to tail"),
+}
+
+# The held-out val styles' words: none of them is a test synonym or phrase (the canonical
+# word, shared by every style, stays possible).
+VAL_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("ruby", "brick-red", "tomato-red"),
+    "orange": ("apricot", "pumpkin", "carrot-orange"),
+    "yellow": ("canary", "sunflower", "butter-yellow"),
+    "green": ("lime", "olive", "moss-green"),
+    "blue": ("azure", "sky-blue", "sapphire"),
+    "purple": ("lavender", "mauve", "grape"),
+    "pink": ("fuchsia", "salmon", "blush"),
+    "brown": ("tan", "mocha", "cinnamon"),
+    "black": ("ebony", "inky", "charcoal-black"),
+    "white": ("chalk-white", "milky", "paper-white"),
+    "circle": ("round one", "ring shape", "orb"),
+    "square": ("tile", "squared shape", "quad"),
+    "triangle": ("trigon", "pyramid shape", "three-cornered shape"),
+    "star": ("star figure", "pointy star", "star icon"),
+    "hexagon": ("hexagonal tile", "six-cornered shape", "hexagon figure"),
+    "diamond": ("tilted square", "diamond figure", "kite shape"),
+    "small": ("mini", "petite", "teeny"),
+    "large": ("giant", "oversized", "hefty"),
+    "bigger": ("enlarged", "scaled up", "grown"),
+    "smaller": ("shrunk", "scaled down", "reduced"),
+    "male": ("man", "boy-ish"),
+    "female": ("woman", "girl-ish"),
+    "gender-neutral": ("genderless", "either-gender"),
+}
+VAL_PLACES: dict[str, tuple[str, ...]] = {
+    "top left": ("at the top left", "in the top-left cell", "top-left-most"),
+    "top": ("at the top", "in the top centre cell", "along the top, centred"),
+    "top right": ("at the top right", "in the top-right cell", "top-right-most"),
+    "left": ("on the left", "in the left-centre cell", "mid-left"),
+    "center": ("in the center", "in the central cell", "dead centre"),
+    "right": ("on the right", "in the right-centre cell", "mid-right"),
+    "bottom left": ("at the bottom left", "in the bottom-left cell", "bottom-left-most"),
+    "bottom": ("at the bottom", "in the bottom centre cell", "along the bottom, centred"),
+    "bottom right": ("at the bottom right", "in the bottom-right cell", "bottom-right-most"),
+}
+VAL_DIRECTIONS: dict[str, tuple[str, ...]] = {
+    "left": ("as far left as it goes", "to the leftmost cell"),
+    "right": ("as far right as it goes", "to the rightmost cell"),
+    "up": ("as high as it goes", "to the topmost cell"),
+    "down": ("as low as it goes", "to the bottommost cell"),
+}
+VAL_TONES: dict[str, tuple[str, ...]] = {
+    "none": ("no skin-tone modifier", "the stock yellow", "the standard yellow tone"),
+    "light": ("a light tone", "porcelain skin", "a very light complexion"),
+    "medium-light": ("a medium-light tone", "beige skin", "a light tan"),
+    "medium": ("a medium tone", "tan skin", "a mid complexion"),
+    "medium-dark": ("a medium-dark tone", "caramel skin", "a deep tan"),
+    "dark": ("a dark tone", "ebony skin", "the darkest complexion"),
+}
+VAL_HAIR: dict[str, tuple[str, ...]] = {
+    "none": ("the standard hair", "unstyled hair", "the usual hair"),
+    "red hair": ("auburn hair", "copper hair", "a redhead look"),
+    "curly hair": ("frizzy hair", "ringlets", "an afro-style curl"),
+    "white hair": ("platinum hair", "snowy hair", "an old-age white"),
+    "bald": ("a hairless head", "a clean-shaven scalp", "zero hair"),
+}
+VAL_VIEWS: dict[str, tuple[str, ...]] = {
+    "face": ("a head-only view", "a face portrait", "the head alone"),
+    "body": ("a full-length view", "the complete creature", "the animal from nose to tail"),
 }
 
 # The sentence shapes a template writer produces; no test text may match any of them.
@@ -202,15 +273,57 @@ TEMPLATES: dict[str, _T] = {
 }
 
 
+# The held-out val styles: no template shares a sentence shape with a test style's, and none
+# matches TEMPLATE_WRITER_PATTERNS.
+VAL_TEMPLATES: dict[str, _T] = {
+    "spoken": {
+        "colour": ("hmm, I'd go {new} on the {obj}", "what if the {obj} were {new}"),
+        "shape": ("what if the {obj} became {a_new}", "hmm, {a_new} over the {obj}"),
+        "size": ("what if the {obj} were {comparative}", "hmm, a {comparative} {obj} maybe"),
+        "add": ("what if there was also {a_new_obj} {where}", "hmm, stick {a_new_obj} {where}"),
+        "remove": ("what if the {obj} wasn't there", "hmm, take away the {obj}"),
+        "move": ("what if the {obj} sat {where}", "hmm, nudge the {obj} {direction}"),
+        "skin_tone": ("what if it had {new}", "hmm, {new} would be nicer"),
+        "gender": ("what if it were the {new} one", "hmm, the {new} one would be better"),
+        "hair": ("what if they had {new}", "hmm, {new} would suit them"),
+        "recolour": ("what if it were {new}", "hmm, {a_new} one would be nicer"),
+        "form": ("what if we saw {view}", "hmm, {view} would be better"),
+    },
+    "note": {
+        "colour": ("{obj} -> {new}", "edit: {obj} recoloured {new}"),
+        "shape": ("{obj} -> {new}", "edit: {obj} reshaped into {a_new}"),
+        "size": ("{obj} -> {comparative}", "edit: {obj} resized, {comparative}"),
+        "add": ("+ {a_new_obj} {where}", "edit: insert {a_new_obj} {where}"),
+        "remove": ("- {obj}", "edit: {obj} deleted"),
+        "move": ("{obj} -> {where}", "edit: {obj} relocated {where}"),
+        "skin_tone": ("tone -> {new}", "edit: skin set to {new}"),
+        "gender": ("gender -> {new}", "edit: {new} figure"),
+        "hair": ("hair -> {new}", "edit: hair set to {new}"),
+        "recolour": ("colour -> {new}", "edit: recoloured {new}"),
+        "form": ("view -> {view}", "edit: {view}"),
+    },
+}
+STYLE_TEMPLATES: dict[str, _T] = {**TEMPLATES, **VAL_TEMPLATES}
+
+
 def word(canonical: str, rng: random.Random, style: str, p: float = 0.6) -> str:
-    """``canonical`` or, in a test style and with probability ``p``, one of its synonyms."""
-    options = SYNONYMS.get(canonical, ())
+    """``canonical`` or, in a test or held-out val style and with probability ``p``, one of
+    its synonyms (each register its own)."""
+    options = (VAL_SYNONYMS if style in VAL_STYLES else SYNONYMS).get(canonical, ())
     if style == PLAIN or not options or rng.random() >= p:
         return canonical
     return rng.choice(options)
 
 
-def _variant(table: Mapping[str, Sequence[str]], key: str, rng: random.Random, style: str) -> str:
+def _variant(
+    tables: tuple[Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]],
+    key: str,
+    rng: random.Random,
+    style: str,
+) -> str:
+    """A phrase for ``key``: the canonical one in the plain style, else one of the test
+    register's (``tables[0]``) or, in a held-out val style, of the val register's."""
+    table = tables[1] if style in VAL_STYLES else tables[0]
     if key not in table:
         raise ValueError(f"unknown value {key!r}; expected one of {sorted(table)}")
     options = table[key]
@@ -219,7 +332,7 @@ def _variant(table: Mapping[str, Sequence[str]], key: str, rng: random.Random, s
 
 def place(position: str, rng: random.Random, style: str) -> str:
     """A phrase for a 3x3 cell ("at the top left"); canonical in the plain style."""
-    return _variant(PLACES, position, rng, style)
+    return _variant((PLACES, VAL_PLACES), position, rng, style)
 
 
 def tone(value: str, rng: random.Random, style: str) -> str:
@@ -227,7 +340,7 @@ def tone(value: str, rng: random.Random, style: str) -> str:
     return (
         ("default" if value == "none" else value)
         if style == PLAIN
-        else _variant(TONES, value, rng, style)
+        else _variant((TONES, VAL_TONES), value, rng, style)
     )
 
 
@@ -235,17 +348,17 @@ def hair(value: str, rng: random.Random, style: str) -> str:
     """A noun phrase for a hair style; the plain style uses a bare word."""
     if style == PLAIN:
         return {"none": "default", "bald": "bald"}.get(value, value.removesuffix(" hair"))
-    return _variant(HAIR, value, rng, style)
+    return _variant((HAIR, VAL_HAIR), value, rng, style)
 
 
 def direction(value: str, rng: random.Random, style: str) -> str:
     """A phrase for moving to the ``left``/``right``/``up``/``down`` edge."""
-    return _variant(DIRECTIONS, value, rng, style)
+    return _variant((DIRECTIONS, VAL_DIRECTIONS), value, rng, style)
 
 
 def view(value: str, rng: random.Random, style: str) -> str:
     """How to say "the face" or "the whole animal"."""
-    return _variant(VIEWS, value, rng, style)
+    return _variant((VIEWS, VAL_VIEWS), value, rng, style)
 
 
 def article(phrase: str) -> str:
@@ -267,10 +380,12 @@ def paraphrase(kind: str, slots: Mapping[str, str], style: str, rng: random.Rand
     values.update({f"a_{k}": article(v) for k, v in slots.items() if v})
     if style == PLAIN:
         options: Sequence[str] = (PLAIN_TEMPLATES[kind],)
-    elif style in TEMPLATES:
-        options = TEMPLATES[style].get(kind, ())
+    elif style in STYLE_TEMPLATES:
+        options = STYLE_TEMPLATES[style].get(kind, ())
     else:
-        raise ValueError(f"unknown style {style!r}; expected {PLAIN!r} or one of {TEST_STYLES}")
+        raise ValueError(
+            f"unknown style {style!r}; expected {PLAIN!r} or one of {TEST_STYLES + VAL_STYLES}"
+        )
     usable = [t for t in options if _fields(t) <= values.keys()]
     if not usable:
         raise ValueError(f"no {style!r} template for kind {kind!r} fits slots {sorted(slots)}")
@@ -282,8 +397,27 @@ def looks_like_template(text: str) -> bool:
     return any(p.match(text.strip().lower()) for p in TEMPLATE_WRITER_PATTERNS)
 
 
-def assign_styles(n: int, rng: random.Random) -> list[str]:
-    """``n`` test styles, balanced (each style within one of the others) and shuffled."""
-    styles = [TEST_STYLES[i % len(TEST_STYLES)] for i in range(n)]
-    rng.shuffle(styles)
-    return styles
+def assign_styles(n: int, rng: random.Random, styles: Sequence[str] = TEST_STYLES) -> list[str]:
+    """``n`` of ``styles`` (default: the test styles), balanced (each style within one of the
+    others) and shuffled."""
+    picked = [styles[i % len(styles)] for i in range(n)]
+    rng.shuffle(picked)
+    return picked
+
+
+def val_style_names(val_phrasing: str) -> list[str]:
+    """The styles a val side of ``val_phrasing`` uses (what ``world.json`` records)."""
+    return [PLAIN] if val_phrasing == PLAIN else list(VAL_STYLES)
+
+
+def val_styles(val_phrasing: str, n: int, seed: int) -> tuple[list[str], random.Random] | None:
+    """The styles of ``n`` val queries and the generator for their texts, or ``None`` for the
+    plain val side (``val_phrasing`` is ``plain`` or ``held-out``). A held-out val side draws
+    both from a generator of its own, so a world's images and queries are those of the plain
+    world of the same seed: only the texts differ."""
+    if val_phrasing not in VAL_PHRASINGS:
+        raise ValueError(f"val phrasing must be one of {VAL_PHRASINGS}, got {val_phrasing!r}")
+    if val_phrasing == PLAIN:
+        return None
+    rng = random.Random(f"{seed}:held-out-val")
+    return assign_styles(n, rng, VAL_STYLES), rng

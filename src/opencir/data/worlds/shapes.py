@@ -17,7 +17,7 @@ import logging
 import math
 import random
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +32,7 @@ from opencir.data.worlds.common import (
     WorldWriter,
     attribute_digest,
     build_world,
+    config_params,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class ShapesConfig:
     max_objects: int = 5
     n_distractors: int = 3
     twin_rate: float = 0.3
+    val_phrasing: str = phrasing.PLAIN  # or "held-out": val texts in the held-out val styles
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects < self.max_objects <= 9:
@@ -88,6 +90,10 @@ class ShapesConfig:
             raise ValueError("image and query counts must be >= 0")
         if self.n_distractors < 0 or not 0.0 <= self.twin_rate <= 1.0:
             raise ValueError("n_distractors must be >= 0 and twin_rate in [0, 1]")
+        if self.val_phrasing not in phrasing.VAL_PHRASINGS:
+            raise ValueError(
+                f"val_phrasing must be one of {phrasing.VAL_PHRASINGS}, got {self.val_phrasing!r}"
+            )
 
 
 class Obj(NamedTuple):
@@ -543,10 +549,23 @@ def _query_records(split: str, placed: _Placed, index: DigestIndex) -> Iterator[
 
 
 class _SplitPlan(NamedTuple):
-    """The queries one split places on a side: its name and each query's phrasing style."""
+    """The queries one split places on a side: its name and each query's phrasing style;
+    ``reworded``: styles and a generator to reword the planned texts with (held-out val)."""
 
     split: str
     styles: Sequence[str]
+    reworded: tuple[Sequence[str], random.Random] | None = None
+
+
+def _reworded(groups: list[_Group], plan: _SplitPlan) -> list[_Group]:
+    """``groups`` with texts in the plan's reworded styles (same queries, other words)."""
+    if plan.reworded is None:
+        return groups
+    styles, rng = plan.reworded
+    return [
+        replace(g, text=edit_text(g.reference, g.edit, style, rng), style=style)
+        for g, style in zip(groups, styles, strict=True)
+    ]
 
 
 def _write_side(
@@ -560,7 +579,9 @@ def _write_side(
     """Plan, render and write one side (images, then the queries of each split placed on it);
     return its digest index."""
     n_images = cfg.n_test if side == "test" else cfg.n_train
-    groups = [_plan_groups(cfg, len(p.styles), p.styles, rng, forbidden) for p in plans]
+    groups = [
+        _reworded(_plan_groups(cfg, len(p.styles), p.styles, rng, forbidden), p) for p in plans
+    ]
     placed = _place_groups([g for split in groups for g in split], side, n_images, rng)
     index = DigestIndex()
     images = _side_images(cfg, side, n_images, placed, rng, forbidden)
@@ -575,7 +596,7 @@ def _write_side(
 
 def world_params(cfg: ShapesConfig) -> dict[str, Any]:
     """What ``world.json`` records: the config (minus seed) and the world's vocabulary."""
-    params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    params = config_params(cfg)
     params.update(
         generator="opencir.data.worlds.shapes",
         shapes=list(SHAPES),
@@ -584,7 +605,7 @@ def world_params(cfg: ShapesConfig) -> dict[str, Any]:
         kinds=list(KINDS),
         styles={
             "test": list(phrasing.TEST_STYLES),
-            "val": [phrasing.PLAIN],
+            "val": phrasing.val_style_names(cfg.val_phrasing),
             "train": [phrasing.PLAIN],
         },
     )
@@ -605,7 +626,9 @@ def write_shapes_world(
         rng = random.Random(cfg.seed)
         styles = phrasing.assign_styles(cfg.n_queries, rng)
         test = _write_side(writer, cfg, "test", [_SplitPlan("test", styles)], rng, set())
-        train_side = [_SplitPlan("val", [phrasing.PLAIN] * cfg.n_val_queries)]
+        val = [phrasing.PLAIN] * cfg.n_val_queries
+        reworded = phrasing.val_styles(cfg.val_phrasing, cfg.n_val_queries, cfg.seed)
+        train_side = [_SplitPlan("val", val, reworded)]
         if cfg.n_train_queries:  # ground truth for supervised training, apart from val
             train_side.append(_SplitPlan("train", [phrasing.PLAIN] * cfg.n_train_queries))
         _write_side(writer, cfg, "train", train_side, rng, test.digests())
