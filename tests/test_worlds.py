@@ -8,6 +8,7 @@ import random
 import shutil
 import string
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,7 @@ def test_no_test_style_template_can_match_the_writer_patterns() -> None:
             assert not phrasing.looks_like_template(text) and text != plain, text
 
 
-def _template_shapes(templates: dict[str, dict[str, tuple[str, ...]]]) -> set[str]:
+def _template_shapes(templates: Mapping[str, Mapping[str, Sequence[str]]]) -> set[str]:
     """Every template with its slots blanked: the sentence shapes a register uses."""
     return {
         string.Formatter().vformat(t, (), _Blank())
@@ -268,27 +269,38 @@ class _Blank(dict):
         return "_"
 
 
-def test_the_held_out_val_register_shares_nothing_with_the_test_register() -> None:
-    val_words = {w for options in phrasing.VAL_SYNONYMS.values() for w in options}
-    test_words = {w for options in phrasing.SYNONYMS.values() for w in options}
-    assert not val_words & test_words
-    for val_table, test_table in (
-        (phrasing.VAL_PLACES, phrasing.PLACES),
-        (phrasing.VAL_DIRECTIONS, phrasing.DIRECTIONS),
-        (phrasing.VAL_TONES, phrasing.TONES),
-        (phrasing.VAL_HAIR, phrasing.HAIR),
-        (phrasing.VAL_VIEWS, phrasing.VIEWS),
-    ):
-        assert val_table.keys() == test_table.keys()
-        for key in val_table:  # only the canonical phrase (the plain style's) may be shared
-            shared = set(val_table[key]) & set(test_table[key])
-            assert shared <= {test_table[key][0]}, (key, shared)
-    assert not _template_shapes(phrasing.VAL_TEMPLATES) & _template_shapes(phrasing.TEMPLATES)
+def _words(register: phrasing.Register, field: str) -> dict[str, set[str]]:
+    """Per key, the phrases of one table of a register beyond the canonical (first) one."""
+    table = getattr(register, field)
+    first = field != "synonyms"  # synonym tables hold no canonical word
+    return {k: set(v[1:] if first else v) for k, v in table.items()}
+
+
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        (phrasing.HELD_OUT_VAL, phrasing.TEST),
+        (phrasing.VARIED_TRAIN, phrasing.TEST),
+        (phrasing.VARIED_TRAIN, phrasing.HELD_OUT_VAL),
+    ],
+)
+def test_the_registers_share_only_the_canonical_words(one, other) -> None:
+    fields = ("synonyms", "places", "directions", "tones", "hair", "views")
+    for field in fields:
+        mine, theirs = _words(one, field), _words(other, field)
+        assert mine.keys() == theirs.keys(), field
+        all_theirs = set().union(*theirs.values())
+        for key, phrases in mine.items():
+            assert not phrases & all_theirs, (field, key, phrases & all_theirs)
+    assert not _template_shapes(one.templates) & _template_shapes(other.templates)
+
+
+def test_no_held_out_or_varied_text_looks_like_a_template_writer_text() -> None:
     rng = random.Random(1)
     for _ in range(300):
         scene = shapes.random_scene(rng, rng.randint(2, 4))
         edit = shapes.sample_edit(scene, rng.choice(shapes.KINDS), rng)
-        for style in phrasing.VAL_STYLES:
+        for style in phrasing.VAL_STYLES + phrasing.TRAIN_STYLES:
             text = shapes.edit_text(scene, edit, style, rng)
             assert not phrasing.looks_like_template(text), text
 
@@ -318,6 +330,25 @@ def test_a_held_out_val_side_rewords_the_same_val_queries(which: str, tmp_path: 
     assert all(x["text"] != y["text"] for x, y in zip(before, after, strict=True))
     with pytest.raises(ValueError, match="val_phrasing must be one of"):
         generate(tmp_path / "bad", seed=seed, val_phrasing="shifted", **small)
+
+
+def test_varied_training_queries_reword_the_same_training_queries(tmp_path: Path) -> None:
+    plain = generate_shapes_world(tmp_path / "plain", seed=3, **SMALL_SHAPES)
+    varied = generate_shapes_world(
+        tmp_path / "varied", seed=3, train_phrasing="varied", **SMALL_SHAPES
+    )
+    a, b = _all_bytes(plain.root), _all_bytes(varied.root)
+    assert {k for k in a if a[k] != b[k]} == {"queries.train.jsonl", "world.json"}
+    assert varied.params["styles"]["train"] == list(phrasing.TRAIN_STYLES)
+    before = _jsonl(plain.root / "queries.train.jsonl")
+    after = _jsonl(varied.root / "queries.train.jsonl")
+    assert [(q["reference"], q["targets"]) for q in before] == [
+        (q["reference"], q["targets"]) for q in after
+    ]
+    assert {q["style"] for q in after} <= set(phrasing.TRAIN_STYLES)
+    assert all(x["text"] != y["text"] for x, y in zip(before, after, strict=True))
+    with pytest.raises(ValueError, match="train_phrasing must be one of"):
+        generate_shapes_world(tmp_path / "bad", seed=3, train_phrasing="held-out", **SMALL_SHAPES)
 
 
 # ---------------------------------------------------------------------------- EmojiCIR

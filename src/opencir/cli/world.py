@@ -28,6 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="ground-truth queries on the train side for supervised training, apart "
                 "from the val queries (export them with `world triplets --split train`)",
             )
+            world.add_argument(
+                "--train-phrasing",
+                default="plain",
+                choices=("plain", "varied"),
+                help="plain: training queries in the terse canonical style; varied: in two "
+                "styles with words of their own, none of them a val or test phrasing (same "
+                "queries and images as plain, other texts)",
+            )
         world.add_argument(
             "--val-phrasing",
             default="plain",
@@ -57,8 +65,9 @@ def run_generate(args: argparse.Namespace) -> int:
     options = {k: v for k, v in sizes if v is not None}
     if getattr(args, "train_queries", 0):
         options["n_train_queries"] = args.train_queries
-    if args.val_phrasing != "plain":
-        options["val_phrasing"] = args.val_phrasing
+    for option in ("val_phrasing", "train_phrasing"):
+        if getattr(args, option, "plain") != "plain":
+            options[option] = getattr(args, option)
     info = generate(
         args.out, n_queries=args.queries, n_val_queries=args.val_queries, seed=args.seed,
         image_size=args.image_size, workers=args.workers, overwrite=args.overwrite, **options,

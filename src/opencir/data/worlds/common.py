@@ -83,11 +83,12 @@ class ImageRecord:
 
 def config_params(cfg: Any) -> dict[str, Any]:
     """A world config's fields as ``world.json`` records them: all but ``seed`` (recorded
-    apart), and ``val_phrasing`` only when it is not the default ``plain``, so a world made
-    before that option existed is still the same world."""
+    apart), and the phrasing options only when they are not the default ``plain``, so a world
+    made before those options existed is still the same world."""
     params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
-    if params.get("val_phrasing") == "plain":
-        del params["val_phrasing"]
+    for option in ("val_phrasing", "train_phrasing"):
+        if params.get(option) == "plain":
+            del params[option]
     return params
 
 

@@ -557,7 +557,7 @@ def _query_records(
                 tuple(d.id for d in distractors),
             )
         )
-    reworded = None if test else phrasing.val_styles(cfg.val_phrasing, len(records), cfg.seed)
+    reworded = None if test else phrasing.reworded_styles(cfg.val_phrasing, len(records), cfg.seed)
     if reworded is None:
         return records
     styles, text_rng = reworded  # same queries, other words: the held-out val phrasing
@@ -583,7 +583,7 @@ def world_params(cfg: EmojiConfig, font: Path) -> dict[str, Any]:
         font_pixels=FONT_PIXELS,
         styles={
             "test": list(phrasing.TEST_STYLES),
-            "val": phrasing.val_style_names(cfg.val_phrasing),
+            "val": phrasing.phrasing_styles(cfg.val_phrasing),
         },
     )
     return params

@@ -15,6 +15,13 @@ Two registers, kept apart on purpose:
   (:data:`VAL_SYNONYMS`, and val-only phrases for places, moves, skin tones, hair and views).
   Settings chosen on such a val side are chosen for unseen phrasing, without looking at the
   test phrasings.
+* the *varied training styles* — ``directive`` and ``wish`` — for ground-truth training
+  queries worded in many ways, again with templates and words of their own, so a supervised
+  model can learn that a change may be said in many ways without seeing any val or test
+  phrasing.
+
+Each register (test, held-out val, varied training) is a :class:`Register`; a style belongs
+to exactly one, and the plain style to none (it always uses the canonical words).
 
 Worlds build the slot values (``obj``, ``new``, ``where``, ...) with :func:`word` and
 :func:`place`, then call :func:`paraphrase`.
@@ -26,11 +33,14 @@ import random
 import re
 import string
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 PLAIN = "plain"
 TEST_STYLES = ("casual", "request", "fragment", "target")
 VAL_STYLES = ("spoken", "note")
+TRAIN_STYLES = ("directive", "wish")
 VAL_PHRASINGS = ("plain", "held-out")  # what a world's val side may use
+TRAIN_PHRASINGS = ("plain", "varied")  # what a world's ground-truth training queries may use
 
 # Words a test text may use instead of the canonical one (the canonical word stays possible).
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -170,6 +180,73 @@ VAL_VIEWS: dict[str, tuple[str, ...]] = {
     "body": ("a full-length view", "the complete creature", "the animal from nose to tail"),
 }
 
+# The varied training styles' words: neither test nor val words.
+TRAIN_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("cardinal", "blood-red", "rust-red"),
+    "orange": ("mandarin", "peach", "flame-orange"),
+    "yellow": ("banana", "sunny", "saffron"),
+    "green": ("jade", "mint", "forest-green"),
+    "blue": ("denim", "indigo", "ocean-blue"),
+    "purple": ("amethyst", "orchid", "eggplant"),
+    "pink": ("flamingo", "coral-pink", "candy-pink"),
+    "brown": ("walnut", "umber", "toffee"),
+    "black": ("onyx", "raven", "soot-black"),
+    "white": ("pearl", "cream-white", "frosty"),
+    "circle": ("rounded form", "ball shape", "circular shape"),
+    "square": ("square block", "cube shape", "boxy shape"),
+    "triangle": ("triangle shape", "tri-shape", "arrowhead"),
+    "star": ("starry shape", "star sign", "star emblem"),
+    "hexagon": ("hex shape", "six-sider", "hexagonal shape"),
+    "diamond": ("gem shape", "rhomb", "diamond emblem"),
+    "small": ("compact", "wee", "undersized"),
+    "large": ("jumbo", "massive", "extra-large"),
+    "bigger": ("larger in size", "more massive", "bulkier"),
+    "smaller": ("more compact", "less bulky", "slimmer"),
+    "male": ("masculine-looking", "male-presenting"),
+    "female": ("feminine-looking", "female-presenting"),
+    "gender-neutral": ("androgynous", "gender-free"),
+}
+TRAIN_PLACES: dict[str, tuple[str, ...]] = {
+    "top left": ("at the top left", "in the upper-left spot", "at the top-left position"),
+    "top": ("at the top", "in the upper-middle spot", "at the top-centre position"),
+    "top right": ("at the top right", "in the upper-right spot", "at the top-right position"),
+    "left": ("on the left", "in the middle-left spot", "at the centre-left position"),
+    "center": ("in the center", "in the middle spot", "at the centre position"),
+    "right": ("on the right", "in the middle-right spot", "at the centre-right position"),
+    "bottom left": ("at the bottom left", "in the lower-left spot", "at the bottom-left position"),
+    "bottom": ("at the bottom", "in the lower-middle spot", "at the bottom-centre position"),
+    "bottom right": (
+        "at the bottom right",
+        "in the lower-right spot",
+        "at the bottom-right position",
+    ),
+}
+TRAIN_DIRECTIONS: dict[str, tuple[str, ...]] = {
+    "left": ("fully leftward", "against the left border"),
+    "right": ("fully rightward", "against the right border"),
+    "up": ("fully upward", "against the top border"),
+    "down": ("fully downward", "against the bottom border"),
+}
+TRAIN_TONES: dict[str, tuple[str, ...]] = {
+    "none": ("the unmodified yellow", "the base yellow colour", "a neutral yellow"),
+    "light": ("a fair tone", "light-coloured skin", "an ivory tone"),
+    "medium-light": ("a light-medium tone", "sand-coloured skin", "a wheat tone"),
+    "medium": ("a middle tone", "bronze skin", "an average tone"),
+    "medium-dark": ("a darker-medium tone", "chestnut skin", "an umber tone"),
+    "dark": ("a deep tone", "dark-brown skin", "a rich dark tone"),
+}
+TRAIN_HAIR: dict[str, tuple[str, ...]] = {
+    "none": ("the base hair", "plain hair", "unchanged hair"),
+    "red hair": ("ginger locks", "reddish hair", "a red hairstyle"),
+    "curly hair": ("curly locks", "a curly hairstyle", "wavy curls"),
+    "white hair": ("grey locks", "a white hairstyle", "pale hair"),
+    "bald": ("no hairstyle", "a bare head", "a hairless look"),
+}
+TRAIN_VIEWS: dict[str, tuple[str, ...]] = {
+    "face": ("just the head", "a close-up of the face", "the face only"),
+    "body": ("the full figure", "the whole body", "the complete animal"),
+}
+
 # The sentence shapes a template writer produces; no test text may match any of them.
 TEMPLATE_WRITER_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
     re.compile(p)
@@ -303,27 +380,91 @@ VAL_TEMPLATES: dict[str, _T] = {
         "form": ("view -> {view}", "edit: {view}"),
     },
 }
-STYLE_TEMPLATES: dict[str, _T] = {**TEMPLATES, **VAL_TEMPLATES}
+# The varied training styles: sentence shapes of neither the test nor the val styles.
+TRAIN_TEMPLATES: dict[str, _T] = {
+    "directive": {
+        "colour": ("paint the {obj} {new}", "give the {obj} a {new} colour"),
+        "shape": ("reshape the {obj} as {a_new}", "use {a_new} in place of the {obj}"),
+        "size": ("resize the {obj} so it is {comparative}", "scale the {obj}, {comparative}"),
+        "add": ("draw {a_new_obj} {where}", "include {a_new_obj} {where}"),
+        "remove": ("erase the {obj}", "clear away the {obj}"),
+        "move": ("slide the {obj} {where}", "reposition the {obj} {direction}"),
+        "skin_tone": ("apply {new}", "use {new} for the skin"),
+        "gender": ("switch the gender to {new}", "render it as {new}"),
+        "hair": ("style the hair as {new}", "switch the hair to {new}"),
+        "recolour": ("paint it {new}", "tint it {new}"),
+        "form": ("display {view}", "zoom to {view}"),
+    },
+    "wish": {
+        "colour": ("I need the {obj} to be {new}", "I'd prefer the {obj} coloured {new}"),
+        "shape": ("I need {a_new} where the {obj} is", "I'd prefer {a_new} to the {obj}"),
+        "size": ("I need the {obj} {comparative}", "I'd prefer the {obj} {comparative}"),
+        "add": ("I need {a_new_obj} added {where}", "I'd prefer one more: {a_new_obj} {where}"),
+        "remove": ("I need the {obj} gone", "I'd prefer no {obj} there"),
+        "move": ("I need the {obj} {where}", "I'd prefer the {obj} placed {where}"),
+        "skin_tone": ("I need {new} on it", "I'd prefer {new}"),
+        "gender": ("I need it {new}", "I'd prefer it {new}"),
+        "hair": ("I need them with {new}", "I'd prefer {new} on them"),
+        "recolour": ("I need it {new}", "I'd prefer it coloured {new}"),
+        "form": ("I need {view}", "I'd prefer {view}"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Register:
+    """One way of wording changes: its styles' templates (style → kind → templates) and its
+    own words for attribute values, places, moves, skin tones, hair and views."""
+
+    templates: Mapping[str, Mapping[str, Sequence[str]]]
+    synonyms: Mapping[str, Sequence[str]]
+    places: Mapping[str, Sequence[str]]
+    directions: Mapping[str, Sequence[str]]
+    tones: Mapping[str, Sequence[str]]
+    hair: Mapping[str, Sequence[str]]
+    views: Mapping[str, Sequence[str]]
+
+
+TEST = Register(TEMPLATES, SYNONYMS, PLACES, DIRECTIONS, TONES, HAIR, VIEWS)
+HELD_OUT_VAL = Register(
+    VAL_TEMPLATES, VAL_SYNONYMS, VAL_PLACES, VAL_DIRECTIONS, VAL_TONES, VAL_HAIR, VAL_VIEWS
+)
+VARIED_TRAIN = Register(
+    TRAIN_TEMPLATES,
+    TRAIN_SYNONYMS,
+    TRAIN_PLACES,
+    TRAIN_DIRECTIONS,
+    TRAIN_TONES,
+    TRAIN_HAIR,
+    TRAIN_VIEWS,
+)
+REGISTERS = (TEST, HELD_OUT_VAL, VARIED_TRAIN)
+ALL_STYLES = TEST_STYLES + VAL_STYLES + TRAIN_STYLES
+
+
+def register_of(style: str) -> Register:
+    """The register a (non-plain) style belongs to."""
+    for register in REGISTERS:
+        if style in register.templates:
+            return register
+    raise ValueError(f"unknown style {style!r}; expected {PLAIN!r} or one of {ALL_STYLES}")
 
 
 def word(canonical: str, rng: random.Random, style: str, p: float = 0.6) -> str:
-    """``canonical`` or, in a test or held-out val style and with probability ``p``, one of
-    its synonyms (each register its own)."""
-    options = (VAL_SYNONYMS if style in VAL_STYLES else SYNONYMS).get(canonical, ())
-    if style == PLAIN or not options or rng.random() >= p:
+    """``canonical`` or, in a non-plain style and with probability ``p``, one of the
+    synonyms of the style's register."""
+    if style == PLAIN:
+        return canonical
+    options = register_of(style).synonyms.get(canonical, ())
+    if not options or rng.random() >= p:
         return canonical
     return rng.choice(options)
 
 
-def _variant(
-    tables: tuple[Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]],
-    key: str,
-    rng: random.Random,
-    style: str,
-) -> str:
-    """A phrase for ``key``: the canonical one in the plain style, else one of the test
-    register's (``tables[0]``) or, in a held-out val style, of the val register's."""
-    table = tables[1] if style in VAL_STYLES else tables[0]
+def _variant(field: str, key: str, rng: random.Random, style: str) -> str:
+    """A phrase for ``key`` from the register's table ``field``: the canonical (first) one in
+    the plain style, else any of the style's register."""
+    table = getattr(TEST if style == PLAIN else register_of(style), field)
     if key not in table:
         raise ValueError(f"unknown value {key!r}; expected one of {sorted(table)}")
     options = table[key]
@@ -332,7 +473,7 @@ def _variant(
 
 def place(position: str, rng: random.Random, style: str) -> str:
     """A phrase for a 3x3 cell ("at the top left"); canonical in the plain style."""
-    return _variant((PLACES, VAL_PLACES), position, rng, style)
+    return _variant("places", position, rng, style)
 
 
 def tone(value: str, rng: random.Random, style: str) -> str:
@@ -340,7 +481,7 @@ def tone(value: str, rng: random.Random, style: str) -> str:
     return (
         ("default" if value == "none" else value)
         if style == PLAIN
-        else _variant((TONES, VAL_TONES), value, rng, style)
+        else _variant("tones", value, rng, style)
     )
 
 
@@ -348,17 +489,17 @@ def hair(value: str, rng: random.Random, style: str) -> str:
     """A noun phrase for a hair style; the plain style uses a bare word."""
     if style == PLAIN:
         return {"none": "default", "bald": "bald"}.get(value, value.removesuffix(" hair"))
-    return _variant((HAIR, VAL_HAIR), value, rng, style)
+    return _variant("hair", value, rng, style)
 
 
 def direction(value: str, rng: random.Random, style: str) -> str:
     """A phrase for moving to the ``left``/``right``/``up``/``down`` edge."""
-    return _variant((DIRECTIONS, VAL_DIRECTIONS), value, rng, style)
+    return _variant("directions", value, rng, style)
 
 
 def view(value: str, rng: random.Random, style: str) -> str:
     """How to say "the face" or "the whole animal"."""
-    return _variant((VIEWS, VAL_VIEWS), value, rng, style)
+    return _variant("views", value, rng, style)
 
 
 def article(phrase: str) -> str:
@@ -380,12 +521,8 @@ def paraphrase(kind: str, slots: Mapping[str, str], style: str, rng: random.Rand
     values.update({f"a_{k}": article(v) for k, v in slots.items() if v})
     if style == PLAIN:
         options: Sequence[str] = (PLAIN_TEMPLATES[kind],)
-    elif style in STYLE_TEMPLATES:
-        options = STYLE_TEMPLATES[style].get(kind, ())
     else:
-        raise ValueError(
-            f"unknown style {style!r}; expected {PLAIN!r} or one of {TEST_STYLES + VAL_STYLES}"
-        )
+        options = register_of(style).templates[style].get(kind, ())
     usable = [t for t in options if _fields(t) <= values.keys()]
     if not usable:
         raise ValueError(f"no {style!r} template for kind {kind!r} fits slots {sorted(slots)}")
@@ -405,19 +542,27 @@ def assign_styles(n: int, rng: random.Random, styles: Sequence[str] = TEST_STYLE
     return picked
 
 
-def val_style_names(val_phrasing: str) -> list[str]:
-    """The styles a val side of ``val_phrasing`` uses (what ``world.json`` records)."""
-    return [PLAIN] if val_phrasing == PLAIN else list(VAL_STYLES)
+# A world side's phrasing: its styles, and the label of its own random generator.
+_PHRASINGS: dict[str, tuple[tuple[str, ...], str]] = {
+    PLAIN: ((PLAIN,), ""),
+    "held-out": (VAL_STYLES, "held-out-val"),
+    "varied": (TRAIN_STYLES, "varied-train"),
+}
 
 
-def val_styles(val_phrasing: str, n: int, seed: int) -> tuple[list[str], random.Random] | None:
-    """The styles of ``n`` val queries and the generator for their texts, or ``None`` for the
-    plain val side (``val_phrasing`` is ``plain`` or ``held-out``). A held-out val side draws
-    both from a generator of its own, so a world's images and queries are those of the plain
-    world of the same seed: only the texts differ."""
-    if val_phrasing not in VAL_PHRASINGS:
-        raise ValueError(f"val phrasing must be one of {VAL_PHRASINGS}, got {val_phrasing!r}")
-    if val_phrasing == PLAIN:
+def phrasing_styles(phrasing: str) -> list[str]:
+    """The styles a side worded in ``phrasing`` (plain, held-out, varied) uses."""
+    if phrasing not in _PHRASINGS:
+        raise ValueError(f"phrasing must be one of {tuple(_PHRASINGS)}, got {phrasing!r}")
+    return list(_PHRASINGS[phrasing][0])
+
+
+def reworded_styles(phrasing: str, n: int, seed: int) -> tuple[list[str], random.Random] | None:
+    """The styles of ``n`` queries worded in ``phrasing`` and the generator for their texts,
+    or ``None`` for plain ones. Both come from a generator of their own, so a world's images
+    and queries are those of the plain world of the same seed: only the texts differ."""
+    styles = phrasing_styles(phrasing)
+    if phrasing == PLAIN:
         return None
-    rng = random.Random(f"{seed}:held-out-val")
-    return assign_styles(n, rng, VAL_STYLES), rng
+    rng = random.Random(f"{seed}:{_PHRASINGS[phrasing][1]}")
+    return assign_styles(n, rng, styles), rng

@@ -76,6 +76,7 @@ class ShapesConfig:
     n_distractors: int = 3
     twin_rate: float = 0.3
     val_phrasing: str = phrasing.PLAIN  # or "held-out": val texts in the held-out val styles
+    train_phrasing: str = phrasing.PLAIN  # or "varied": training queries in the varied styles
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects < self.max_objects <= 9:
@@ -93,6 +94,11 @@ class ShapesConfig:
         if self.val_phrasing not in phrasing.VAL_PHRASINGS:
             raise ValueError(
                 f"val_phrasing must be one of {phrasing.VAL_PHRASINGS}, got {self.val_phrasing!r}"
+            )
+        if self.train_phrasing not in phrasing.TRAIN_PHRASINGS:
+            raise ValueError(
+                f"train_phrasing must be one of {phrasing.TRAIN_PHRASINGS}, "
+                f"got {self.train_phrasing!r}"
             )
 
 
@@ -605,8 +611,8 @@ def world_params(cfg: ShapesConfig) -> dict[str, Any]:
         kinds=list(KINDS),
         styles={
             "test": list(phrasing.TEST_STYLES),
-            "val": phrasing.val_style_names(cfg.val_phrasing),
-            "train": [phrasing.PLAIN],
+            "val": phrasing.phrasing_styles(cfg.val_phrasing),
+            "train": phrasing.phrasing_styles(cfg.train_phrasing),
         },
     )
     return params
@@ -627,10 +633,12 @@ def write_shapes_world(
         styles = phrasing.assign_styles(cfg.n_queries, rng)
         test = _write_side(writer, cfg, "test", [_SplitPlan("test", styles)], rng, set())
         val = [phrasing.PLAIN] * cfg.n_val_queries
-        reworded = phrasing.val_styles(cfg.val_phrasing, cfg.n_val_queries, cfg.seed)
+        reworded = phrasing.reworded_styles(cfg.val_phrasing, cfg.n_val_queries, cfg.seed)
         train_side = [_SplitPlan("val", val, reworded)]
         if cfg.n_train_queries:  # ground truth for supervised training, apart from val
-            train_side.append(_SplitPlan("train", [phrasing.PLAIN] * cfg.n_train_queries))
+            train = [phrasing.PLAIN] * cfg.n_train_queries
+            reworded = phrasing.reworded_styles(cfg.train_phrasing, cfg.n_train_queries, cfg.seed)
+            train_side.append(_SplitPlan("train", train, reworded))
         _write_side(writer, cfg, "train", train_side, rng, test.digests())
 
     return build_world(
