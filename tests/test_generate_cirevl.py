@@ -99,6 +99,11 @@ def test_from_a_json_config(server: FakeLLMServer, tmp_path: Path) -> None:
     retriever = load_cirevl(tmp_path / "cirevl.json")
     assert retriever.rewritten([_image("red")], ["make it green"]) == ["a green picture"]
     assert len(retriever.fingerprint()) == 12
+    asked = server.count()
+    # a new retriever on the same cache folder (another run) asks the server nothing
+    again = load_cirevl(tmp_path / "cirevl.json")
+    assert again.rewritten([_image("red")], ["make it green"]) == ["a green picture"]
+    assert server.count() == asked
     (tmp_path / "bad.json").write_text(json.dumps({"model": "text-only-tiny"}))
     with pytest.raises(ValueError, match="bad CIReVL config"):
         load_cirevl(tmp_path / "bad.json")

@@ -77,8 +77,10 @@ def load_eval_model(args: argparse.Namespace) -> Any:
     from opencir.models.external import is_factory_spec, load_factory_model
 
     if args.model.startswith("cirevl:"):
+        from opencir.cli.generate import quiet_request_logs
         from opencir.generate.cirevl import load_cirevl
 
+        quiet_request_logs()  # one rewrite request per query
         return load_cirevl(args.model.removeprefix("cirevl:"))
     if is_factory_spec(args.model):
         if os.getcwd() not in sys.path:  # as `python -m` does: modules here are importable

@@ -181,7 +181,7 @@ class CIReVL:
         self.model = model.eval()
         self.tower = find_tower(model)
         self.captioner, self.rewriter, self.rewrite_prompt = captioner, rewriter, rewrite_prompt
-        self.cache = cache or ResultCache(None)
+        self.cache = cache if cache is not None else ResultCache(None)  # an empty cache is falsy
         self.metadata = metadata
         self.fallbacks = 0
 
