@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from opencir.data.worlds.phrasing import TRAIN_PHRASINGS, VAL_PHRASINGS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             world.add_argument(
                 "--train-phrasing",
                 default="plain",
-                choices=("plain", "varied"),
+                choices=TRAIN_PHRASINGS,
                 help="plain: training queries in the terse canonical style; varied: in two "
                 "styles with words of their own, none of them a val or test phrasing (same "
                 "queries and images as plain, other texts)",
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         world.add_argument(
             "--val-phrasing",
             default="plain",
-            choices=("plain", "held-out"),
+            choices=VAL_PHRASINGS,
             help="plain: val texts in the terse canonical style a template writer uses; "
             "held-out: in two styles with their own words that neither the test phrasings "
             "nor training texts use, to choose settings for unseen phrasing (same val "

@@ -24,7 +24,7 @@ EXAMPLES = """examples:
   # serve a tuned writer with llama.cpp: its adapter as GGUF, on the quantised base model
   opencir writer gguf shapes-writer --out shapes-writer.gguf
   python -m llama_cpp.server --model SmolLM2-135M-Instruct.Q4_1.gguf \
-      --lora_path shapes-writer.gguf --chat_format chatml --model_alias shapes-writer
+      --lora_path shapes-writer.gguf --model_alias shapes-writer  # the GGUF's own template
   opencir writer eval --world worlds/shapes --writer llm --writer-model shapes-writer \
       --endpoint http://localhost:8000/v1 --concurrency 2
 """

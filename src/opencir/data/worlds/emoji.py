@@ -432,10 +432,7 @@ class EmojiConfig:
         sizes = (self.n_train or 0, self.n_test or 0, self.n_queries, self.n_val_queries)
         if min(*sizes, self.n_distractors) < 0:
             raise ValueError("image, query and distractor counts must be >= 0")
-        if self.val_phrasing not in phrasing.VAL_PHRASINGS:
-            raise ValueError(
-                f"val_phrasing must be one of {phrasing.VAL_PHRASINGS}, got {self.val_phrasing!r}"
-            )
+        phrasing.check_phrasing("val_phrasing", self.val_phrasing, phrasing.VAL_PHRASINGS)
 
 
 def _split_families(

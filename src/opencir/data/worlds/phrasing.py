@@ -550,6 +550,12 @@ _PHRASINGS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def check_phrasing(option: str, value: str, allowed: Sequence[str]) -> None:
+    """A world config's phrasing option ``option`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{option} must be one of {tuple(allowed)}, got {value!r}")
+
+
 def phrasing_styles(phrasing: str) -> list[str]:
     """The styles a side worded in ``phrasing`` (plain, held-out, varied) uses."""
     if phrasing not in _PHRASINGS:

@@ -91,15 +91,8 @@ class ShapesConfig:
             raise ValueError("image and query counts must be >= 0")
         if self.n_distractors < 0 or not 0.0 <= self.twin_rate <= 1.0:
             raise ValueError("n_distractors must be >= 0 and twin_rate in [0, 1]")
-        if self.val_phrasing not in phrasing.VAL_PHRASINGS:
-            raise ValueError(
-                f"val_phrasing must be one of {phrasing.VAL_PHRASINGS}, got {self.val_phrasing!r}"
-            )
-        if self.train_phrasing not in phrasing.TRAIN_PHRASINGS:
-            raise ValueError(
-                f"train_phrasing must be one of {phrasing.TRAIN_PHRASINGS}, "
-                f"got {self.train_phrasing!r}"
-            )
+        phrasing.check_phrasing("val_phrasing", self.val_phrasing, phrasing.VAL_PHRASINGS)
+        phrasing.check_phrasing("train_phrasing", self.train_phrasing, phrasing.TRAIN_PHRASINGS)
 
 
 class Obj(NamedTuple):
