@@ -121,7 +121,9 @@ def _manifest(tmp_path: Path, captions: dict[str, str]) -> Path:
     return path
 
 
-def test_sidecar_captions_are_found_by_image_content(server: FakeLLMServer, tmp_path: Path) -> None:
+def test_sidecar_captions_are_found_by_image_content(
+    server: FakeLLMServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     manifest = _manifest(tmp_path, {"red": "a big red square", "blue": "a small blue circle"})
     config = {
         "model": "text-only-tiny",
@@ -131,7 +133,7 @@ def test_sidecar_captions_are_found_by_image_content(server: FakeLLMServer, tmp_
         "cache_dir": str(tmp_path / "cache"),
     }
     (tmp_path / "cirevl.json").write_text(json.dumps(config))
-    retriever = load_cirevl(tmp_path / "cirevl.json")
+    retriever = load_cirevl(tmp_path / "cirevl.json", progress=False)
     images = [_image("blue"), _image("red").convert("RGBA"), _image("green")]
     texts = ["make it yellow", "make it green", "make it red"]
     # the reference's own caption, rewritten; green is not in the collection: no caption, so
@@ -142,6 +144,7 @@ def test_sidecar_captions_are_found_by_image_content(server: FakeLLMServer, tmp_
         "make it red",
     ]
     assert server.count() == 3  # rewrites only: sidecar captions cost no request
+    assert "sidecar captions" not in capsys.readouterr().err  # no indexing bar when asked
     asked = [r["body"]["messages"][-1]["content"] for r in server.requests]
     assert any("Image description: a small blue circle" in str(text) for text in asked)
     other = {**config, "sidecar": str(_manifest(tmp_path / "other", {"red": "a red disc"}))}

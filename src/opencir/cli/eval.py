@@ -81,7 +81,7 @@ def load_eval_model(args: argparse.Namespace) -> Any:
         from opencir.generate.cirevl import load_cirevl
 
         quiet_request_logs()  # one rewrite request per query
-        return load_cirevl(args.model.removeprefix("cirevl:"))
+        return load_cirevl(args.model.removeprefix("cirevl:"), progress=not args.no_progress)
     if is_factory_spec(args.model):
         if os.getcwd() not in sys.path:  # as `python -m` does: modules here are importable
             sys.path.insert(0, os.getcwd())

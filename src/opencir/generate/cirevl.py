@@ -83,10 +83,11 @@ class CIReVLConfig:
             ) from error
 
 
-def load_cirevl(path: str | Path) -> CIReVL:
-    """A CIReVL retriever from a JSON config file (see :class:`CIReVLConfig`)."""
+def load_cirevl(path: str | Path, progress: bool = True) -> CIReVL:
+    """A CIReVL retriever from a JSON config file (see :class:`CIReVLConfig`);
+    ``progress`` shows a bar while sidecar captions are indexed."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return CIReVL.from_config(CIReVLConfig.from_dict(data))
+    return CIReVL.from_config(CIReVLConfig.from_dict(data), progress)
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -112,11 +113,13 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     return result[0]
 
 
-def _sidecar_metadata(source: str | Mapping[str, Any] | None) -> MetadataByContent | None:
+def _sidecar_metadata(
+    source: str | Mapping[str, Any] | None, progress: bool
+) -> MetadataByContent | None:
     if source is None:
         return None
     spec = CollectionSpec.from_dict(source) if isinstance(source, Mapping) else source
-    return MetadataByContent(open_collection(spec))
+    return MetadataByContent(open_collection(spec), progress)
 
 
 def find_tower(model: torch.nn.Module) -> Any:
@@ -186,7 +189,7 @@ class CIReVL:
         self.fallbacks = 0
 
     @classmethod
-    def from_config(cls, config: CIReVLConfig) -> CIReVL:
+    def from_config(cls, config: CIReVLConfig, progress: bool = True) -> CIReVL:
         from opencir.models.registry import load_model
 
         return cls(
@@ -195,7 +198,7 @@ class CIReVL:
             ChatClient(config.rewriter),
             config.rewrite_prompt,
             ResultCache(config.cache_dir),
-            _sidecar_metadata(config.sidecar),
+            _sidecar_metadata(config.sidecar, progress),
         )
 
     def fingerprint(self) -> str:
