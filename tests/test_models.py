@@ -119,6 +119,19 @@ def test_ema_update_matches_formula() -> None:
         torch.testing.assert_close(new, 0.9 * old + 0.1 * q)
 
 
+def test_ema_momentum_one_keeps_the_starting_target() -> None:
+    model = opencir.create_model("instructcir-tiny", ema_momentum=1.0)
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    with torch.no_grad():
+        for p in model.query_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    model.ema_update()
+    for old, new in zip(before, model.target_encoder.parameters(), strict=True):
+        torch.testing.assert_close(new, old, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ema_momentum"):
+        opencir.create_model("instructcir-tiny", ema_momentum=1.5)
+
+
 def test_target_path_is_the_encoder_on_null_text(images: list[Image.Image]) -> None:
     model = opencir.create_model("instructcir-tiny").eval()
     with torch.no_grad():  # make the EMA copy differ from the query encoder

@@ -59,7 +59,8 @@ class FusionConfig:
     """Method settings (all methods share one dataclass so overrides are uniform).
 
     S1 (InstructCIR): ``cross_attention`` injects text cross-attention into every vision
-    block; ``ema`` keeps a momentum copy as the target encoder; ``predictor_hidden_mult``
+    block; ``ema`` keeps a momentum copy as the target encoder (``ema_momentum`` 1 keeps it
+    fixed: the gallery side stays the model training started from); ``predictor_hidden_mult``
     sizes the predictor MLP and ``predictor_residual`` adds the image embedding to its
     output; ``cross_attention_zero_init`` starts every cross-attention output projection at
     zero (instead of the paper's Xavier), so that with ``predictor_residual`` an untrained S1
@@ -82,8 +83,8 @@ class FusionConfig:
     combiner_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"ema_momentum must be in [0, 1], got {self.ema_momentum}")
         if not 0.0 < self.combiner_init < 1.0:
             raise ValueError(f"combiner_init must be in (0, 1), got {self.combiner_init}")
         if self.predictor_hidden_mult < 1 or self.combiner_hidden_mult < 1:
