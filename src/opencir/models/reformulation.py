@@ -239,9 +239,9 @@ class InstructCIR(CIRModel):
         ``lerp`` reads each pair once and writes the target once (a multiply then an add
         would pass over the target twice): the EMA is memory-bound, so this halves its cost.
         """
-        if self.target_encoder is None:
-            return
         m = self.config.fusion.ema_momentum if momentum is None else momentum
+        if self.target_encoder is None or m == 1.0:  # no target, or a fixed one
+            return
         # Frozen query weights never change, so their copies are left exactly as they are
         # (m·x + (1 − m)·x is not always x in floating point).
         pairs = [
