@@ -12,6 +12,7 @@ from opencir.data.worlds import generate_shapes_world
 from opencir.demo import shipped_checkpoint
 from opencir.eval.benchmarks import load_benchmark
 from opencir.eval.evaluate import evaluate
+from opencir.eval.stats import paired_test
 
 
 class ImageOnly:
@@ -51,11 +52,14 @@ def test_shipped_checkpoints_load(shapes_test) -> None:
 def test_shipped_s1_beats_image_only_on_shapescir(shapes_test, cache) -> None:
     s1 = opencir.load(shipped_checkpoint("shapes-s1-gt"))
     baseline = ImageOnly(opencir.load(shipped_checkpoint("shapes-backbone")))
-    ours = evaluate(s1, shapes_test, batch_size=64, cache_dir=cache, progress=False).metrics
-    theirs = evaluate(baseline, shapes_test, batch_size=64, progress=False).metrics
-    # the margins measured on the recipe's own test split (docs/RESULTS.md) are at R@10/R@50
-    assert ours["R@10"] > theirs["R@10"], (ours, theirs)
-    assert ours["R@50"] > theirs["R@50"], (ours, theirs)
+    ours = evaluate(s1, shapes_test, batch_size=64, cache_dir=cache, progress=False)
+    theirs = evaluate(baseline, shapes_test, batch_size=64, progress=False)
+    # docs/RESULTS.md: on a fresh world's 2,000 test queries the shipped S1 is above image-only
+    # at R@1 (+3.05, p=0.002), R@10 and R@50; on this world's 300 the paired 95% CI of each
+    # gain must exclude 0
+    for metric in ("R@1", "R@10", "R@50"):
+        gain = paired_test(ours.per_query[metric], theirs.per_query[metric])
+        assert gain.low > 0, (metric, gain, ours.metrics, theirs.metrics)
 
 
 class ShuffledTexts:

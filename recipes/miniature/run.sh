@@ -89,7 +89,9 @@ for seed in $SEEDS; do
     model_overrides.ema=false
   train "$(seeded s1-no-xattn "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" \
     seed="$seed" model_overrides.cross_attention=false
-  train "$(seeded s1-gt "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "${GT[@]}" seed="$seed"
+  # the supervised S1 trains 4,000 steps (chosen on held-out-phrasing val, docs/RESULTS.md)
+  train "$(seeded s1-gt "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "${GT[@]}" seed="$seed" \
+    steps=4000
 done
 # the paper's EMA target (momentum 0.999) beside the recipe's fixed one
 train s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999
