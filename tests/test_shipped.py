@@ -55,7 +55,7 @@ def test_shipped_s1_beats_image_only_on_shapescir(shapes_test, cache) -> None:
     ours = evaluate(s1, shapes_test, batch_size=64, cache_dir=cache, progress=False)
     theirs = evaluate(baseline, shapes_test, batch_size=64, progress=False)
     # docs/RESULTS.md: on a fresh world's 2,000 test queries the shipped S1 is above image-only
-    # at R@1 (+3.05, p=0.002), R@10 and R@50; on this world's 300 the paired 95% CI of each
+    # at R@1 (+4.65, p<0.001), R@10 and R@50; on this world's 300 the paired 95% CI of each
     # gain must exclude 0
     for metric in ("R@1", "R@10", "R@50"):
         gain = paired_test(ours.per_query[metric], theirs.per_query[metric])
