@@ -7,7 +7,7 @@ synthetic batch, so the data pipeline is not part of the figures. Each round tim
 same batch:
 
 * ``forward``: the step module's forward and the loss, autograd on, nothing kept;
-* ``micro``: ``Trainer._micro_step`` (forward, loss, backward);
+* ``micro``: ``Trainer._backward`` on the one batch (forward, loss, backward);
 * ``optim``: ``Trainer._optimizer_step`` (grad clipping, AdamW, scheduler, zero_grad, EMA).
 
 and reports medians of per-round ratios: optimizer + EMA ÷ step (goal ≤ 0.03) and
@@ -97,7 +97,7 @@ def count_flops(trainer: Trainer, batch: dict[str, Any]) -> tuple[float, float]:
         forward_only(trainer, batch)
     forward = float(counter.get_total_flops())
     with flop_counter() as counter:
-        trainer._micro_step(batch, sync=True)
+        trainer._backward([batch])
     trainer.optimizer.zero_grad(set_to_none=True)
     return forward, float(counter.get_total_flops())
 
@@ -106,7 +106,7 @@ def time_rounds(trainer: Trainer, batch: dict[str, Any], rounds: int) -> dict[st
     times: dict[str, list[float]] = {"forward": [], "micro": [], "optim": []}
     for index in range(rounds + 1):  # the first round warms up and is dropped
         forward = time_once(lambda: forward_only(trainer, batch))
-        micro = time_once(lambda: trainer._micro_step(batch, sync=True))
+        micro = time_once(lambda: trainer._backward([batch]))
         optim = time_once(trainer._optimizer_step)
         if index:
             for name, value in zip(times, (forward, micro, optim), strict=True):

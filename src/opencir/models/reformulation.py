@@ -196,6 +196,11 @@ class InstructCIR(CIRModel):
         return self.target_encoder if self.target_encoder is not None else self.query_encoder
 
     @property
+    def has_fixed_target(self) -> bool:
+        """Targets go through an encoder training never changes (an EMA copy with momentum 1)."""
+        return self.target_encoder is not None and self.config.fusion.ema_momentum == 1.0
+
+    @property
     def combiner_weight(self) -> torch.Tensor | None:
         """λ of Eq. 3, the weight of the pure text embedding in the final query."""
         return None if self.combiner_logit is None else torch.sigmoid(self.combiner_logit)

@@ -153,6 +153,9 @@ class TrainConfig:
     pair brings that many pairs with the nearest other captions, so a batch holds
     ``batch_size × (1 + hard_negatives)`` pairs (:mod:`opencir.train.negatives`).
     ``reference_negatives`` makes every reference image an extra negative.
+    ``cache_fixed_targets`` (cir/combiner): when the model's target encoder is fixed (an
+    InstructCIR model with ``ema_momentum: 1``), embed every training image through it once
+    before the first step instead of in every batch (:mod:`opencir.train.fixed_targets`).
 
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
     ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
@@ -167,6 +170,7 @@ class TrainConfig:
     temperature: float = 0.07
     reference_negatives: bool = False
     hard_negatives: int = 0
+    cache_fixed_targets: bool = True
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None

@@ -32,23 +32,33 @@ class TripletExample:
 
 
 class TripletDataset(Dataset):
-    """Triplets whose image keys are resolved by ``load_image``."""
+    """Triplets whose image keys are resolved by ``load_image``.
+
+    With ``candidate_rows`` (key → row of a table of fixed target embeddings, see
+    :mod:`opencir.train.fixed_targets`) an example carries its target's, reference's and
+    negatives' rows instead of loading the target and negative images; the reference image
+    is still loaded, for the query.
+    """
 
     def __init__(self, triplets: Sequence[TripletExample], load_image: ImageLoader) -> None:
         if not triplets:
             raise ValueError("TripletDataset got no triplets: check the data.triplets files")
         self.triplets, self.load_image = list(triplets), load_image
+        self.candidate_rows: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.triplets)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.triplets[index]
-        example = {
-            "reference": self.load_image(row.reference),
-            "text": row.text,
-            "target": self.load_image(row.target),
-        }
+        example = {"reference": self.load_image(row.reference), "text": row.text}
+        rows = self.candidate_rows
+        if rows is not None:
+            example.update(reference_row=rows[row.reference], target_row=rows[row.target])
+            if row.negatives:
+                example["negative_rows"] = [rows[key] for key in row.negatives]
+            return example
+        example["target"] = self.load_image(row.target)
         if row.negatives:
             example["negatives"] = [self.load_image(key) for key in row.negatives]
         return example
@@ -156,6 +166,11 @@ class Collate:
                 batch[field] = self.preprocess([e[field] for e in examples])
         if "negatives" in examples[0]:  # the same count per example: [B·n] images, row-major
             batch["negatives"] = self.preprocess([im for e in examples for im in e["negatives"]])
+        for field in ("reference_row", "target_row"):  # rows of fixed target embeddings
+            if field in examples[0]:
+                batch[f"{field}s"] = torch.tensor([e[field] for e in examples])
+        if "negative_rows" in examples[0]:
+            batch["negative_rows"] = torch.tensor([r for e in examples for r in e["negative_rows"]])
         texts = [e["text"] for e in examples]
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]

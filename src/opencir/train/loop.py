@@ -42,12 +42,14 @@ from opencir.train.distributed import (
     resolve_device,
     shutdown,
 )
+from opencir.train.fixed_targets import build_candidate_table, table_embedder
 from opencir.train.negatives import (
     KeyEmbedder,
     attach_hard_negatives,
     attach_pair_negatives,
     batched_embedder,
     image_key_embedder,
+    triplet_parts,
 )
 from opencir.train.sources import build_dataset
 from opencir.train.stages import make_task
@@ -268,8 +270,7 @@ class Trainer:
     def _loader(self, progress: bool = False) -> Iterator[dict[str, Any]]:
         config, ctx = self.config, self.ctx
         dataset, n_generated, n_labelled = build_dataset(config)
-        if config.hard_negatives:
-            self._attach_hard_negatives(dataset, progress)
+        self._prepare_candidates(dataset, progress)
         # one global batch per optimizer step; this rank's share comes in grad_accum pieces
         sampler = MixtureSampler(
             n_generated,
@@ -298,16 +299,26 @@ class Trainer:
             )
         )
 
-    def _attach_hard_negatives(self, dataset: Dataset, progress: bool) -> None:
-        """Mine each triplet's nearest images with the target encoder as it is now (or, in
-        pretraining, each pair's nearest captions with the text encoder)."""
+    def _prepare_candidates(self, dataset: Dataset, progress: bool) -> None:
+        """Before the first step, with the model as it is now (in eval mode): the table of
+        fixed target embeddings when the task has one, then the mined hard negatives — each
+        triplet's nearest images by the target encoder (in pretraining, each pair's nearest
+        captions by the text encoder)."""
         count, run_dir = self.config.hard_negatives, self.out_dir
+        if not (count or self.task.caches_candidates()):
+            return
         self.model.eval()
         try:
             if isinstance(dataset, PairDataset):
                 attach_pair_negatives(dataset, self._caption_embedder(progress), count, run_dir)
-            else:
-                attach_hard_negatives(dataset, self._image_embedder(progress), count, run_dir)
+                return
+            embedder = self._image_embedder(progress)
+            if self.task.caches_candidates():
+                table = build_candidate_table(triplet_parts(dataset), embedder)
+                self.task.candidate_table = table.to(self.device)
+                embedder = table_embedder(table)
+            if count:
+                attach_hard_negatives(dataset, embedder, count, run_dir)
         finally:
             self.model.train()
 
@@ -326,7 +337,9 @@ class Trainer:
         def encode(images: list) -> torch.Tensor:
             return self.model.forward_target(preprocess(images).to(self.device))
 
-        return lambda part: image_key_embedder(encode, part.load_image, progress=progress)
+        return lambda part: image_key_embedder(
+            encode, part.load_image, progress=progress, desc="embedding training images"
+        )
 
     def _loss(self, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
         """This rank's loss and the whole batch's: the mean over the ranks.

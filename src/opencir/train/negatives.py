@@ -134,7 +134,7 @@ def attach_hard_negatives(
     resolves its own keys). The lists are read from ``run_dir/hard_negatives.json`` when it
     was written for the same triplets and count, else mined and written there.
     """
-    parts = _triplet_parts(dataset)
+    parts = triplet_parts(dataset)
     lists = _saved_or_mined(
         run_dir,
         _fingerprint(
@@ -183,7 +183,10 @@ def _saved_or_mined(run_dir: Path, fingerprint: str, count: int, mine: Callable[
 
 
 def batched_embedder(
-    encode: Callable[[Sequence], torch.Tensor], batch_size: int = 64, progress: bool = True
+    encode: Callable[[Sequence], torch.Tensor],
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "mining hard negatives",
 ) -> Callable[[Sequence], torch.Tensor]:
     """Items → L2-normalised ``[N, D]`` rows, ``encode`` run on ``batch_size`` items at a time."""
 
@@ -191,7 +194,7 @@ def batched_embedder(
     def embed(items: Sequence) -> torch.Tensor:
         batches = range(0, len(items), batch_size)
         out = []
-        for start in tqdm(batches, desc="mining hard negatives", disable=not progress):
+        for start in tqdm(batches, desc=desc, disable=not progress):
             rows = encode(items[start : start + batch_size]).float()
             out.append(torch.nn.functional.normalize(rows, dim=-1).cpu())
         return torch.cat(out)
@@ -204,14 +207,15 @@ def image_key_embedder(
     load_image: Callable[[str], object],
     batch_size: int = 64,
     progress: bool = True,
+    desc: str = "mining hard negatives",
 ) -> KeyEmbedder:
     """A key embedder from an image encoder (``encode(images) -> [B, D]``) and a loader."""
     return batched_embedder(
-        lambda keys: encode([load_image(key) for key in keys]), batch_size, progress
+        lambda keys: encode([load_image(key) for key in keys]), batch_size, progress, desc
     )
 
 
-def _triplet_parts(dataset: Dataset) -> list[TripletDataset]:
+def triplet_parts(dataset: Dataset) -> list[TripletDataset]:
     parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
     if not all(isinstance(part, TripletDataset) for part in parts):
         raise ValueError("hard_negatives needs triplet data (data.triplets / data.labelled)")

@@ -30,6 +30,7 @@ from opencir.models.mllm import MLLMEmbedder, load_vision_encoder
 from opencir.models.registry import create_model, load
 from opencir.train.config import TrainConfig
 from opencir.train.distributed import DistContext, gather_with_grad
+from opencir.train.fixed_targets import ROW_FIELDS
 from opencir.train.losses import batch_contrastive_loss, clip_loss
 from opencir.train.provenance import training_records
 
@@ -87,6 +88,12 @@ class Task:
 
     def __init__(self, config: TrainConfig, model: CIRModel) -> None:
         self.config, self.model = config, model
+        # fixed target embeddings of the training images (``fixed_targets``), on the device
+        self.candidate_table: torch.Tensor | None = None
+
+    def caches_candidates(self) -> bool:
+        """Whether the candidates' embeddings are fixed, so the trainer computes them once."""
+        return False
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
@@ -186,15 +193,27 @@ class CIRTask(Task):
             )
         return params
 
+    def caches_candidates(self) -> bool:
+        return self.config.cache_fixed_targets and getattr(self.model, "has_fixed_target", False)
+
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Queries, then the candidates: targets, references and mined hard negatives."""
         queries = self.model.forward_query(batch["reference"], batch["tokens"])
-        outputs = (queries, self.model.forward_target(batch["target"]))
+        outputs = (queries, self._candidates(batch, "target"))
         if self.config.reference_negatives:
-            outputs += (self.model.forward_target(batch["reference"]),)
-        if "negatives" in batch:
-            outputs += (self.model.forward_target(batch["negatives"]),)
+            outputs += (self._candidates(batch, "reference"),)
+        if "negatives" in batch or ROW_FIELDS["negatives"] in batch:
+            outputs += (self._candidates(batch, "negatives"),)
         return outputs
+
+    def _candidates(self, batch: dict[str, Any], field: str) -> torch.Tensor:
+        """The target-encoder embeddings of a batch field: table rows, or encoded pixels."""
+        rows = batch.get(ROW_FIELDS[field])
+        if rows is not None:
+            if self.candidate_table is None:
+                raise RuntimeError(f"the batch carries {ROW_FIELDS[field]} but no table exists")
+            return self.candidate_table[rows]
+        return self.model.forward_target(batch[field])
 
     def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
         """Eq. 2 over the gathered targets; references and hard negatives add negatives."""
