@@ -32,6 +32,12 @@ def test_eval_cli_writes_results_report_and_reuses_cache(tmp_path, capsys) -> No
     assert (tmp_path / "report" / "recall_vs_k.png").is_file()
     assert main(args) == 0
     assert json.loads((tmp_path / "r.json").read_text())["gallery_cache_hit"] is True
+    assert result["rankings"] and result["subset_rankings"]
+    slim_args = [*args[: args.index("--out") + 1], str(tmp_path / "slim.json"), "--no-rankings"]
+    assert main([*slim_args, *args[args.index("--out") + 2 :]]) == 0
+    slim = json.loads((tmp_path / "slim.json").read_text())
+    assert slim["rankings"] == {} and slim["subset_rankings"] == {}
+    assert slim["metrics"] == result["metrics"] and slim["per_query"] == result["per_query"]
 
 
 def test_eval_cli_protocol_option_reaches_the_adapter(tmp_path) -> None:

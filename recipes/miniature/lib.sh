@@ -10,9 +10,9 @@ train() {  # train NAME RECIPE [overrides...]: skip when OUT/NAME/final exists, 
     ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} "${resume[@]}" --no-progress
 }
 
-evaluate_on() {  # evaluate_on ROOT SPLIT BENCHMARK NAME MODEL [extra args]: OUT/results/NAME.json
+evaluate_on() {  # evaluate_on ROOT SPLIT BENCHMARK NAME MODEL [extra args]: OUT/results/NAME.json (no rankings: small enough to commit)
   local root=$1 split=$2 benchmark=$3 name=$4 model=$5; shift 5
   [ -e "$OUT/results/$name.json" ] && return 0
   "$OPENCIR" eval --model "$model" --benchmark "$benchmark" --data-root "$root" --split "$split" \
-    --out "$OUT/results/$name.json" --cache-dir "$OUT/cache" --no-progress "$@"
+    --out "$OUT/results/$name.json" --no-rankings --cache-dir "$OUT/cache" --no-progress "$@"
 }

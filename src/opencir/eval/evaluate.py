@@ -73,9 +73,18 @@ class EvalResult:
     per_query: dict[str, list[float]] = field(default_factory=dict)
     query_groups: list[str] = field(default_factory=list)
 
-    def to_json(self, path: str | Path | None = None, indent: int | None = 2) -> str:
-        """The result as JSON text; also written (atomically) to ``path`` when given."""
-        text = json.dumps(asdict(self), indent=indent, default=str)
+    def to_json(
+        self, path: str | Path | None = None, indent: int | None = 2, rankings: bool = True
+    ) -> str:
+        """The result as JSON text; also written (atomically) to ``path`` when given.
+
+        ``rankings=False`` leaves the per-query rankings out (metrics and per-query hits stay:
+        enough for ``opencir results``' intervals and paired tests, at a fraction of the size).
+        """
+        data = asdict(self)
+        if not rankings:
+            data.update(rankings={}, subset_rankings={})
+        text = json.dumps(data, indent=indent, default=str)
         if path is not None:
             _atomic_write(Path(path), lambda f: f.write(text.encode()))
         return text

@@ -30,6 +30,7 @@ class EvalRequest:
     batch_size: int = 32
     cache_dir: str | None = ".cache/opencir/gallery"
     out: str | None = None
+    out_rankings: bool = True  # the per-query rankings in ``out`` (not needed for statistics)
     submission_dir: str | None = None
     report_dir: str | None = None
     progress: bool = True
@@ -75,7 +76,7 @@ def run_evaluation(model: Retriever, request: EvalRequest) -> tuple[EvalResult, 
     )  # fmt: skip
     written: list[Path] = []
     if request.out:
-        result.to_json(request.out)
+        result.to_json(request.out, rankings=request.out_rankings)
         written.append(Path(request.out))
     if request.submission_dir:
         written += write_submission(result, split, Path(request.submission_dir))
