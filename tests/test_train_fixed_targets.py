@@ -11,6 +11,7 @@ from PIL import Image
 from opencir.train import DataConfig, train
 from opencir.train.data import Collate, TripletDataset, TripletExample
 from opencir.train.fixed_targets import build_candidate_table, table_embedder
+from opencir.train.losses import EXCLUDED_SCORE, pool_contrastive_loss
 from opencir.train.stages import make_task
 from tests.test_train import _config, _triplets
 
@@ -78,3 +79,48 @@ def test_training_on_the_table_follows_the_same_curve(world, tmp_path: Path) -> 
         resume="latest", progress=False,
     )  # fmt: skip
     assert resumed.losses == pytest.approx(cached.losses[2:], abs=1e-6)
+
+
+def test_the_pool_loss_is_cross_entropy_over_the_target_and_the_unexcluded_pool() -> None:
+    queries = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    table = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    targets = torch.tensor([0, 2, 5])
+    scores = (queries @ table.T).scatter(1, targets[:, None], EXCLUDED_SCORE)
+    loss = pool_contrastive_loss(queries, table[targets], scores, temperature=0.1)
+    by_hand = [-torch.log_softmax(queries[i] @ table.T / 0.1, dim=0)[targets[i]] for i in range(3)]
+    assert loss.item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-5)
+
+
+def test_pool_scores_leave_out_every_answer_of_the_query(tmp_path: Path) -> None:
+    task = make_task(
+        _config(tmp_path, model_overrides=FIXED, pool_negatives=True, reference_negatives=True)
+    )
+    task.candidate_table = torch.eye(5)
+    queries = torch.ones(2, 5)
+    batch = {"answer_rows": torch.tensor([[1, 3], [2, 2]]), "reference_rows": torch.tensor([0, 4])}
+    scores = task._pool_scores(queries, batch)
+    assert scores[0].tolist() == [1, EXCLUDED_SCORE, 1, EXCLUDED_SCORE, 1]
+    assert scores[1].tolist() == [1, 1, EXCLUDED_SCORE, 1, 1]  # reference 4: a negative
+    task.config = _config(tmp_path, model_overrides=FIXED, pool_negatives=True,
+                          reference_negatives=False)  # fmt: skip
+    assert task._pool_scores(queries, batch)[1, 4] == EXCLUDED_SCORE
+
+
+def test_pool_negatives_train_and_accumulate_like_one_batch(world, tmp_path: Path) -> None:
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
+
+    def run(name: str, **changes):
+        settings = {"model_overrides": FIXED, "pool_negatives": True, "reference_negatives": True}
+        config = _config(tmp_path, data=data, out_dir=str(tmp_path / name), **settings | changes)
+        return train(config, progress=False)
+
+    whole, accumulated = run("whole"), run("accumulated", grad_accum=2)
+    assert all(torch.isfinite(torch.tensor(whole.losses)))
+    # gradient accumulation keeps the whole batch's loss and stays finite;
+    # after the first step the halves' text dropout masks differ from the whole batch's
+    assert accumulated.losses[0] == pytest.approx(whole.losses[0], abs=1e-5)
+    assert accumulated.losses == pytest.approx(whole.losses, abs=1e-3)
+    with pytest.raises(ValueError, match="needs the table of fixed target embeddings"):
+        run("ema", model_overrides={**FIXED, "ema_momentum": 0.999})
+    with pytest.raises(ValueError, match="hard_negatives: 0"):
+        run("mined", hard_negatives=2)

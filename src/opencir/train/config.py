@@ -156,6 +156,8 @@ class TrainConfig:
     ``cache_fixed_targets`` (cir/combiner): when the model's target encoder is fixed (an
     InstructCIR model with ``ema_momentum: 1``), embed every training image through it once
     before the first step instead of in every batch (:mod:`opencir.train.fixed_targets`).
+    ``pool_negatives`` (cir/combiner, needs that table): every training image is a candidate
+    for every query, instead of the batch's targets, references and mined negatives.
 
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
     ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
@@ -171,6 +173,7 @@ class TrainConfig:
     reference_negatives: bool = False
     hard_negatives: int = 0
     cache_fixed_targets: bool = True
+    pool_negatives: bool = False
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None
@@ -214,6 +217,13 @@ class TrainConfig:
             raise ValueError(
                 f"hard_negatives applies to the pretrain, cir and combiner stages, "
                 f"not {self.stage!r}"
+            )
+
+        if self.pool_negatives and (self.stage not in ("cir", "combiner") or self.hard_negatives):
+            raise ValueError(
+                "pool_negatives applies to the cir and combiner stages, with hard_negatives: 0 "
+                f"(the pool holds every image a miner could pick); got stage {self.stage!r}, "
+                f"hard_negatives {self.hard_negatives}"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class TripletDataset(Dataset):
             raise ValueError("TripletDataset got no triplets: check the data.triplets files")
         self.triplets, self.load_image = list(triplets), load_image
         self.candidate_rows: dict[str, int] | None = None
+        self.answer_rows: dict[tuple[str, str], tuple[int, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -55,6 +56,7 @@ class TripletDataset(Dataset):
         rows = self.candidate_rows
         if rows is not None:
             example.update(reference_row=rows[row.reference], target_row=rows[row.target])
+            example["answer_rows"] = self.answer_rows.get((row.reference, row.text), ())
             if row.negatives:
                 example["negative_rows"] = [rows[key] for key in row.negatives]
             return example
@@ -171,6 +173,12 @@ class Collate:
                 batch[f"{field}s"] = torch.tensor([e[field] for e in examples])
         if "negative_rows" in examples[0]:
             batch["negative_rows"] = torch.tensor([r for e in examples for r in e["negative_rows"]])
+        if "answer_rows" in examples[0]:  # [B, most answers], padded with the example's target
+            widest = max(len(e["answer_rows"]) for e in examples)
+            batch["answer_rows"] = torch.tensor(
+                [[*e["answer_rows"], *[e["target_row"]] * (widest + 1 - len(e["answer_rows"]))]
+                 for e in examples]
+            )  # fmt: skip
         texts = [e["text"] for e in examples]
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]

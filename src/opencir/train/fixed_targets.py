@@ -12,6 +12,13 @@ encoded. The table is built with the model in eval mode, as the hard-negative mi
 
 ``cache_fixed_targets: false`` in a recipe turns the table off (every batch encodes its
 candidates again, as an EMA target requires).
+
+With the table at hand, ``pool_negatives: true`` makes every training image a candidate for
+every query (a softmax over the whole pool, :func:`opencir.train.losses.pool_contrastive_loss`)
+instead of the batch's targets, references and mined negatives: each query's target is then
+contrasted with every near-miss the training set holds, at the cost of one ``[B, N]`` matrix
+product per step. The query's other right answers are never its negatives, nor its reference
+unless ``reference_negatives`` is on.
 """
 
 from __future__ import annotations
@@ -35,13 +42,21 @@ def build_candidate_table(
 
     Each part's keys get rows of their own (two parts may use the same key for different
     images), recorded in ``part.candidate_rows``; from then on the part's examples carry rows
-    for their target, reference and negatives instead of their pixels.
+    for their target, reference and negatives instead of their pixels, and the rows of every
+    answer of their query (``part.answer_rows``: triplets with the same reference and text
+    are one query with several right answers), which ``pool_negatives`` keeps out of the
+    query's negatives.
     """
     tables, offset = [], 0
     for part in parts:
         keys = sorted({key for t in part.triplets for key in (t.reference, t.target, *t.negatives)})
         tables.append(embedder(part)(keys))
-        part.candidate_rows = {key: offset + i for i, key in enumerate(keys)}
+        rows = {key: offset + i for i, key in enumerate(keys)}
+        answers: dict[tuple[str, str], list[int]] = {}
+        for t in part.triplets:
+            answers.setdefault((t.reference, t.text), []).append(rows[t.target])
+        part.candidate_rows = rows
+        part.answer_rows = {query: tuple(found) for query, found in answers.items()}
         offset += len(keys)
     return torch.cat(tables)
 

@@ -19,6 +19,24 @@ def batch_contrastive_loss(
     return F.cross_entropy(logits, labels)
 
 
+# what an excluded pool entry scores: low enough that exp() gives 0, and finite, so no
+# product with the scores (GradCache's surrogate, a logged value) becomes inf·0 = NaN
+EXCLUDED_SCORE = -1.0e4
+
+
+def pool_contrastive_loss(
+    queries: torch.Tensor, positives: torch.Tensor, pool_scores: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Eq. 2 with the whole training pool as candidates: each query's target against every
+    pool image. ``pool_scores`` ``[B, N]`` are the queries' similarities to the pool with the
+    query's own answers set to :data:`EXCLUDED_SCORE`; ``positives`` ``[B, D]`` the targets.
+    """
+    positive = (queries * positives).sum(-1, keepdim=True)
+    logits = torch.cat([positive, pool_scores], dim=1) / temperature
+    labels = torch.zeros(queries.shape[0], dtype=torch.long, device=queries.device)
+    return F.cross_entropy(logits, labels)
+
+
 def clip_loss(
     images: torch.Tensor,
     texts: torch.Tensor,

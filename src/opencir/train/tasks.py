@@ -31,7 +31,12 @@ from opencir.models.registry import create_model, load
 from opencir.train.config import TrainConfig
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.fixed_targets import ROW_FIELDS
-from opencir.train.losses import batch_contrastive_loss, clip_loss
+from opencir.train.losses import (
+    EXCLUDED_SCORE,
+    batch_contrastive_loss,
+    clip_loss,
+    pool_contrastive_loss,
+)
 from opencir.train.provenance import training_records
 
 log = logging.getLogger(__name__)
@@ -184,6 +189,14 @@ def save_backbone(model: CIRModel, directory: Path) -> None:
 class CIRTask(Task):
     """Composed-retrieval training (S1 §II-C, or a baseline with parameters)."""
 
+    def __init__(self, config: TrainConfig, model: CIRModel) -> None:
+        super().__init__(config, model)
+        if config.pool_negatives and not self.caches_candidates():
+            raise ValueError(
+                "pool_negatives needs the table of fixed target embeddings: an InstructCIR "
+                "model with model_overrides.ema_momentum: 1.0 and cache_fixed_targets: true"
+            )
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = self.model.cir_trainable_parameters()
         if not params:
@@ -199,6 +212,8 @@ class CIRTask(Task):
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """Queries, then the candidates: targets, references and mined hard negatives."""
         queries = self.model.forward_query(batch["reference"], batch["tokens"])
+        if self.config.pool_negatives:
+            return queries, self._candidates(batch, "target"), self._pool_scores(queries, batch)
         outputs = (queries, self._candidates(batch, "target"))
         if self.config.reference_negatives:
             outputs += (self._candidates(batch, "reference"),)
@@ -215,8 +230,22 @@ class CIRTask(Task):
             return self.candidate_table[rows]
         return self.model.forward_target(batch[field])
 
+    def _pool_scores(self, queries: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Each query's similarity to every pool image, its own answers (and, without
+        ``reference_negatives``, its reference) excluded."""
+        if self.candidate_table is None:
+            raise RuntimeError("pool_negatives: the table of fixed target embeddings is missing")
+        excluded = batch["answer_rows"]
+        if not self.config.reference_negatives:
+            excluded = torch.cat([excluded, batch["reference_rows"][:, None]], dim=1)
+        scores = queries @ self.candidate_table.T.to(queries.dtype)
+        return scores.scatter(1, excluded, EXCLUDED_SCORE)
+
     def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
-        """Eq. 2 over the gathered targets; references and hard negatives add negatives."""
+        """Eq. 2 over the gathered targets; references and hard negatives add negatives.
+        With ``pool_negatives``, over this rank's targets and the whole pool instead."""
+        if self.config.pool_negatives:
+            return pool_contrastive_loss(*outputs, temperature=self.config.temperature)
         queries, *candidates = outputs
         all_candidates = torch.cat([gather_with_grad(c, ctx) for c in candidates])
         offset = ctx.row_offset(queries.shape[0])
