@@ -43,7 +43,7 @@ def cache(tmp_path_factory):
 
 
 def test_shipped_checkpoints_load(shapes_test) -> None:
-    for name in ("shapes-s1-gt", "shapes-backbone"):
+    for name in ("shapes-s1-gt", "shapes-s1-zero-shot", "shapes-backbone"):
         path = shipped_checkpoint(name)
         assert path is not None, f"shipped checkpoint {name} is missing from the package"
         assert opencir.load(path).config.backbone.family == "dual"
@@ -62,6 +62,24 @@ def test_shipped_s1_beats_image_only_on_shapescir(shapes_test, cache) -> None:
         gain = paired_test(ours.per_query[metric], theirs.per_query[metric])
         assert gain.low > 0, (metric, gain, ours.metrics, theirs.metrics)
     assert ours.metrics["R@1"] >= 1.75 * theirs.metrics["R@1"], (ours.metrics, theirs.metrics)
+
+
+def test_shipped_zero_shot_s1_beats_image_only_below_the_supervised(shapes_test, cache) -> None:
+    zero_shot = opencir.load(shipped_checkpoint("shapes-s1-zero-shot"))
+    supervised = opencir.load(shipped_checkpoint("shapes-s1-gt"))
+    baseline = ImageOnly(opencir.load(shipped_checkpoint("shapes-backbone")))
+    ours = evaluate(zero_shot, shapes_test, batch_size=64, cache_dir=cache, progress=False)
+    theirs = evaluate(baseline, shapes_test, batch_size=64, progress=False)
+    ceiling = evaluate(supervised, shapes_test, batch_size=64, cache_dir=cache, progress=False)
+    # docs/RESULTS.md: trained on template-writer triplets of related pairs only, on a fresh
+    # world's 2,000 test queries it is above image-only at R@1 (+2.55, p<0.001) and R@50;
+    # on this world's 300 (measured: R@1 22.33 vs 15.67) the paired CIs must exclude 0, and
+    # the supervised S1 must stay above it at R@10 (measured 79.00 vs 64.33)
+    for metric in ("R@1", "R@50"):
+        gain = paired_test(ours.per_query[metric], theirs.per_query[metric])
+        assert gain.low > 0, (metric, gain, ours.metrics, theirs.metrics)
+    gap = paired_test(ceiling.per_query["R@10"], ours.per_query["R@10"])
+    assert gap.low > 0, (gap, ceiling.metrics, ours.metrics)
 
 
 class ShuffledTexts:
