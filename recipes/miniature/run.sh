@@ -82,11 +82,14 @@ done_marker "$OUT/gt/triplets.jsonl" ||
 
 GEN="data.triplets=[$OUT/triplets]"
 GT=("data.triplets=[]" "data.labelled=[$OUT/gt]" data.labelled_ratio=1.0)
+MINED=(pool_negatives=false hard_negatives=4)
 train combiner-baseline "$RECIPES/combiner-baseline.yaml" pretrained="$BB" "$GEN"
 for seed in $SEEDS; do
   train "$(seeded s1 "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" seed="$seed"
+  # without a fixed target there is no table of target embeddings to take pool negatives
+  # from: the EMA rows use the batch and 4 mined hard negatives per triplet instead
   train "$(seeded s1-no-ema "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" seed="$seed" \
-    model_overrides.ema=false
+    model_overrides.ema=false "${MINED[@]}"
   train "$(seeded s1-no-xattn "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" \
     seed="$seed" model_overrides.cross_attention=false
   # the supervised S1 trains 4,000 steps (chosen on held-out-phrasing val, docs/RESULTS.md)
@@ -94,7 +97,8 @@ for seed in $SEEDS; do
     steps=4000
 done
 # the paper's EMA target (momentum 0.999) beside the recipe's fixed one
-train s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999
+train s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999 \
+  "${MINED[@]}"
 for n in $SCALING; do
   train "s1-n$n" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" data.max_triplets="$n"
 done
