@@ -19,7 +19,13 @@ import torch
 from PIL import Image
 
 from opencir.eval.benchmark import BenchmarkSplit, CIRQuery
-from opencir.eval.evaluate import EvalResult, embed_queries, evaluate, gallery_cache_path
+from opencir.eval.evaluate import (
+    EvalResult,
+    dataset_fingerprint,
+    embed_queries,
+    evaluate,
+    gallery_cache_path,
+)
 from opencir.eval.metrics import map_at_k, rank_gallery, recall_at_k
 
 N_GALLERY, DIM = 24, 16
@@ -216,6 +222,24 @@ def test_splits_of_one_gallery_share_its_cache(tmp_path):
     assert first.dataset_fingerprint != second.dataset_fingerprint  # results still differ
     os.utime(images, ns=(1, 1))  # the gallery's image list changed: embed it again
     assert not evaluate(model, test, cache_dir=cache, progress=False).gallery_cache_hit
+
+
+def test_data_fingerprint_follows_the_annotation_content_not_its_path_or_mtime(tmp_path):
+    """A world regenerated in another folder pairs with the first; edited queries do not."""
+    copies = []
+    for folder, mtime in (("here", 1), ("elsewhere", 2)):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "queries.jsonl"
+        path.write_text('{"id": "q0", "text": "make it red"}\n')
+        os.utime(path, ns=(mtime, mtime))
+        copies.append(make_split(fingerprint_files=(str(path),)))
+    assert dataset_fingerprint(copies[0]) == dataset_fingerprint(copies[1])
+    assert gallery_cache_path(GoodModel(), copies[0], tmp_path) != gallery_cache_path(
+        GoodModel(), copies[1], tmp_path
+    )  # the cache key stays cheap: path and mtime, nothing read
+    edited = tmp_path / "elsewhere" / "queries.jsonl"
+    edited.write_text('{"id": "q0", "text": "make it blue"}\n')
+    assert dataset_fingerprint(copies[0]) != dataset_fingerprint(copies[1])
 
 
 def test_first_target_recall_is_reported_beside_any_ground_truth_recall():

@@ -248,8 +248,21 @@ def _target_indices(split: BenchmarkSplit, index: dict[str, int]) -> list[list[i
 
 
 def dataset_fingerprint(split: BenchmarkSplit) -> str:
-    """Hash of benchmark, split, gallery keys and size+mtime of ``split.fingerprint_files``."""
-    return _fingerprint((split.benchmark, split.split), split.gallery, split.fingerprint_files)
+    """Hash of benchmark, split, gallery keys and the *content* of ``split.fingerprint_files``.
+
+    Neither path nor mtime enters: the same annotation files copied to another folder or
+    machine, or a miniature world regenerated from its seed, give the same fingerprint, so
+    results measured there pair with results measured here (``opencir results``).
+    """
+    h = _name_hash((split.benchmark, split.split), split.gallery)
+    for name in split.fingerprint_files:
+        try:
+            with open(name, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError:
+            log.warning("fingerprint file %s is missing; the data fingerprint ignores it", name)
+            h.update(b"missing\0")
+    return h.hexdigest()[:16]
 
 
 def gallery_fingerprint(split: BenchmarkSplit) -> str:
@@ -263,10 +276,16 @@ def gallery_fingerprint(split: BenchmarkSplit) -> str:
     return _fingerprint((split.benchmark,), split.gallery, files)
 
 
-def _fingerprint(names: Sequence[str], keys: Sequence[str], files: Sequence[str]) -> str:
+def _name_hash(names: Sequence[str], keys: Sequence[str]) -> hashlib._Hash:
     h = hashlib.sha256("\0".join([*names, str(len(keys)), ""]).encode())
     for key in keys:
         h.update(key.encode() + b"\0")
+    return h
+
+
+def _fingerprint(names: Sequence[str], keys: Sequence[str], files: Sequence[str]) -> str:
+    """A cache key: ``names``, ``keys`` and path, size and mtime of ``files`` (no reading)."""
+    h = _name_hash(names, keys)
     for name in files:
         try:
             st = os.stat(name)
