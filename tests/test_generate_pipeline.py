@@ -170,12 +170,13 @@ def test_failures_and_rejections_are_recorded(
     failures = [json.loads(x) for x in (tmp_path / "b" / "failures.jsonl").read_text().splitlines()]
     assert {f["stage"] for f in failures} == {"load", "change"}
     server.always(None)
+    # a stall never answers; the timeout leaves a loaded machine time for the answered requests
     server.queue(*["stall"] * 4)
     stalled = _config(
         world,
         tmp_path / "c",
         writer=WriterConfig(
-            kind="llm", endpoint=_endpoint(server, timeout_s=0.3, max_retries=0, concurrency=4)
+            kind="llm", endpoint=_endpoint(server, timeout_s=1.5, max_retries=0, concurrency=4)
         ),
     )
     report = generate(stalled)

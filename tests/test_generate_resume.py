@@ -99,7 +99,8 @@ def _wait_for_markers(out: Path, count: int, process: subprocess.Popen, limit: f
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     world = make_world(tmp_path / "world", n_train=16, n_test=0, corrupt=1)
-    with FakeLLMServer(delay_s=0.02) as server:
+    # slow enough answers (about 2 s a run) that every kill lands mid-run on a loaded machine
+    with FakeLLMServer(delay_s=0.08) as server:
         common = [
             "--images",
             str(world),
