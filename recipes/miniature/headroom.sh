@@ -31,9 +31,11 @@ evaluate() {  # evaluate NAME MODEL [extra args]: A's val queries, A's train-sid
     --no-progress "$@"
 }
 train() {  # train NAME [overrides...]: S1 (recipes/miniature/s1.yaml) from the shipped backbone
+  # these rows predate pool negatives (several use an EMA target, which pool negatives cannot
+  # take): they contrast with the batch and any mined hard negatives
   local name=$1; shift
   [ -e "$OUT/$name/final/config.json" ] || "$OPENCIR" train --recipe recipes/miniature/s1.yaml \
-    out_dir="$OUT/$name" pretrained="$BB" "$@" --no-progress
+    out_dir="$OUT/$name" pretrained="$BB" pool_negatives=false "$@" --no-progress
 }
 ON_B=("data.triplets=[$OUT/gt-b]" data.max_triplets=2200)  # 2,200 GT triplets of world B
 ON_A=("data.triplets=[]" "data.labelled=[$OUT/gt-a]" data.labelled_ratio=1.0)  # A's val queries
