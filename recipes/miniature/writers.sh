@@ -123,8 +123,10 @@ for name in template tuned-ground-truth tuned-template untuned; do
     echo "writer $name: no triplet passed the filters, so there is no S1 to train" >&2
     continue
   fi
+  # S1 as the writer table was measured: EMA 0.999 and 4 mined hard negatives, not the
+  # recipe's later fixed target and pool negatives
   train "s1-$name" "$RECIPES/s1.yaml" pretrained="$BB" "data.triplets=[$OUT/triplets-$name]" \
-    steps="$S1_STEPS"
+    steps="$S1_STEPS" model_overrides.ema_momentum=0.999 pool_negatives=false hard_negatives=4
   evaluate "s1-$name" "$OUT/s1-$name/final"
 done
 
