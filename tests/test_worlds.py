@@ -295,6 +295,13 @@ def test_the_registers_share_only_the_canonical_words(one, other) -> None:
     assert not _template_shapes(one.templates) & _template_shapes(other.templates)
 
 
+@pytest.mark.parametrize("register", phrasing.REGISTERS)
+def test_every_style_words_every_kind_of_change(register: phrasing.Register) -> None:
+    for style, kinds in register.templates.items():
+        assert kinds.keys() == phrasing.PLAIN_TEMPLATES.keys(), style
+        assert all(kinds.values()), style
+
+
 def test_no_held_out_or_varied_text_looks_like_a_template_writer_text() -> None:
     rng = random.Random(1)
     for _ in range(300):

@@ -273,7 +273,7 @@ def gallery_fingerprint(split: BenchmarkSplit) -> str:
     one gallery (CIRCO val and test) get the same fingerprint.
     """
     files = split.gallery_files or split.fingerprint_files
-    return _fingerprint((split.benchmark,), split.gallery, files)
+    return _stat_cache_key((split.benchmark,), split.gallery, files)
 
 
 def _name_hash(names: Sequence[str], keys: Sequence[str]) -> hashlib._Hash:
@@ -283,7 +283,7 @@ def _name_hash(names: Sequence[str], keys: Sequence[str]) -> hashlib._Hash:
     return h
 
 
-def _fingerprint(names: Sequence[str], keys: Sequence[str], files: Sequence[str]) -> str:
+def _stat_cache_key(names: Sequence[str], keys: Sequence[str], files: Sequence[str]) -> str:
     """A cache key: ``names``, ``keys`` and path, size and mtime of ``files`` (no reading)."""
     h = _name_hash(names, keys)
     for name in files:

@@ -15,7 +15,8 @@ Two registers, kept apart on purpose:
   (:data:`VAL_SYNONYMS`, and val-only phrases for places, moves, skin tones, hair and views).
   Settings chosen on such a val side are chosen for unseen phrasing, without looking at the
   test phrasings.
-* the *varied training styles* — ``directive`` and ``wish`` — for ground-truth training
+* the *varied training styles* — ``directive``, ``wish``, ``shorthand`` and ``outcome`` (a
+  description of the result) — for ground-truth training
   queries worded in many ways, again with templates and words of their own, so a supervised
   model can learn that a change may be said in many ways without seeing any val or test
   phrasing.
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 PLAIN = "plain"
 TEST_STYLES = ("casual", "request", "fragment", "target")
 VAL_STYLES = ("spoken", "note")
-TRAIN_STYLES = ("directive", "wish")
+TRAIN_STYLES = ("directive", "wish", "shorthand", "outcome")
 VAL_PHRASINGS = ("plain", "held-out")  # what a world's val side may use
 TRAIN_PHRASINGS = ("plain", "varied")  # what a world's ground-truth training queries may use
 
@@ -182,29 +183,78 @@ VAL_VIEWS: dict[str, tuple[str, ...]] = {
 
 # The varied training styles' words: neither test nor val words.
 TRAIN_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "red": ("cardinal", "blood-red", "rust-red"),
-    "orange": ("mandarin", "peach", "flame-orange"),
-    "yellow": ("banana", "sunny", "saffron"),
-    "green": ("jade", "mint", "forest-green"),
-    "blue": ("denim", "indigo", "ocean-blue"),
-    "purple": ("amethyst", "orchid", "eggplant"),
-    "pink": ("flamingo", "coral-pink", "candy-pink"),
-    "brown": ("walnut", "umber", "toffee"),
-    "black": ("onyx", "raven", "soot-black"),
-    "white": ("pearl", "cream-white", "frosty"),
-    "circle": ("rounded form", "ball shape", "circular shape"),
-    "square": ("square block", "cube shape", "boxy shape"),
-    "triangle": ("triangle shape", "tri-shape", "arrowhead"),
-    "star": ("starry shape", "star sign", "star emblem"),
-    "hexagon": ("hex shape", "six-sider", "hexagonal shape"),
-    "diamond": ("gem shape", "rhomb", "diamond emblem"),
-    "small": ("compact", "wee", "undersized"),
-    "large": ("jumbo", "massive", "extra-large"),
-    "bigger": ("larger in size", "more massive", "bulkier"),
-    "smaller": ("more compact", "less bulky", "slimmer"),
-    "male": ("masculine-looking", "male-presenting"),
-    "female": ("feminine-looking", "female-presenting"),
-    "gender-neutral": ("androgynous", "gender-free"),
+    "red": ("cardinal", "blood-red", "rust-red", "wine-red", "fire-engine red", "raspberry"),
+    "orange": ("mandarin", "peach", "flame-orange", "marigold", "burnt orange", "clementine"),
+    "yellow": ("banana", "sunny", "saffron", "daffodil", "honey-yellow", "citrine"),
+    "green": ("jade", "mint", "forest-green", "pine-green", "sage", "kelly green"),
+    "blue": ("denim", "indigo", "ocean-blue", "cerulean", "cornflower blue", "teal-blue"),
+    "purple": ("amethyst", "orchid", "eggplant", "mulberry", "heather", "deep purple"),
+    "pink": ("flamingo", "coral-pink", "candy-pink", "hot pink", "carnation pink", "petal-pink"),
+    "brown": ("walnut", "umber", "toffee", "hazel", "mahogany", "sepia"),
+    "black": ("onyx", "raven", "soot-black", "obsidian", "midnight black", "ink-black"),
+    "white": ("pearl", "cream-white", "frosty", "alabaster", "bone-white", "linen-white"),
+    "circle": (
+        "rounded form",
+        "ball shape",
+        "circular shape",
+        "roundel",
+        "circular badge",
+        "round token",
+    ),
+    "square": (
+        "square block",
+        "cube shape",
+        "boxy shape",
+        "four-cornered shape",
+        "square panel",
+        "checker square",
+    ),
+    "triangle": (
+        "triangle shape",
+        "tri-shape",
+        "arrowhead",
+        "triangular figure",
+        "delta shape",
+        "triangular sign",
+    ),
+    "star": (
+        "starry shape",
+        "star sign",
+        "star emblem",
+        "star badge",
+        "sheriff star",
+        "spiky star",
+    ),
+    "hexagon": (
+        "hex shape",
+        "six-sider",
+        "hexagonal shape",
+        "hexagonal badge",
+        "hexagonal panel",
+        "hex cell",
+    ),
+    "diamond": (
+        "gem shape",
+        "rhomb",
+        "diamond emblem",
+        "diamond badge",
+        "rhomboid",
+        "diamond panel",
+    ),
+    "small": ("compact", "wee", "undersized", "miniature", "pint-sized", "modest-sized"),
+    "large": ("jumbo", "massive", "extra-large", "enormous", "sizeable", "king-size"),
+    "bigger": ("larger in size", "more massive", "bulkier", "magnified", "expanded", "upsized"),
+    "smaller": (
+        "more compact",
+        "less bulky",
+        "slimmer",
+        "downsized",
+        "diminished",
+        "cut down in size",
+    ),
+    "male": ("masculine-looking", "male-presenting", "gentleman-like"),
+    "female": ("feminine-looking", "female-presenting", "lady-like"),
+    "gender-neutral": ("androgynous", "gender-free", "gender-inclusive"),
 }
 TRAIN_PLACES: dict[str, tuple[str, ...]] = {
     "top left": ("at the top left", "in the upper-left spot", "at the top-left position"),
@@ -407,6 +457,38 @@ TRAIN_TEMPLATES: dict[str, _T] = {
         "hair": ("I need them with {new}", "I'd prefer {new} on them"),
         "recolour": ("I need it {new}", "I'd prefer it coloured {new}"),
         "form": ("I need {view}", "I'd prefer {view}"),
+    },
+    "shorthand": {
+        "colour": ("{obj} in {new} please", "{obj}: {new} colour"),
+        "shape": ("{obj} as {a_new} please", "{obj} swapped to {a_new}"),
+        "size": ("{obj} {comparative}, please", "{obj}, {comparative} now"),
+        "add": ("extra {new_obj} {where} please", "new {new_obj} {where}"),
+        "remove": ("{obj} out please", "{obj}: gone"),
+        "move": ("{obj} {where}, please", "{obj}, {direction} please"),
+        "skin_tone": ("{new} please", "skin: {new}"),
+        "gender": ("{new} figure please", "gender: {new}"),
+        "hair": ("{new} for them please", "hair: {new}"),
+        "recolour": ("the {noun} in {new} please", "colour: {new}"),
+        "form": ("{view} please", "{animal} - {view}"),
+    },
+    "outcome": {
+        "colour": ("result: the {obj} turned {new}", "an image where the {obj} has become {new}"),
+        "shape": (
+            "result: {a_new} instead of the {obj}",
+            "an image where {a_new} replaced the {obj}",
+        ),
+        "size": ("result: a {comparative} {obj}", "an image where the {obj} looks {comparative}"),
+        "add": (
+            "result: {a_new_obj} appears {where}",
+            "an image that also has {a_new_obj} {where}",
+        ),
+        "remove": ("result: the {obj} has vanished", "an image without any {obj}"),
+        "move": ("result: the {obj} ends up {where}", "an image where the {obj} has moved {where}"),
+        "skin_tone": ("result: {new}", "an image of it with {new}"),
+        "gender": ("result: a {new} figure", "an image of the {new} one"),
+        "hair": ("result: someone with {new}", "an image of them with {new}"),
+        "recolour": ("result: a {new} {noun}", "an image of the {noun} in {new}"),
+        "form": ("result: {view} of the {animal}", "an image of the {animal} showing {view}"),
     },
 }
 
