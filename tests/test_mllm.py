@@ -286,3 +286,22 @@ def test_vision_init_names_what_is_missing(tmp_path: Path) -> None:
     save_backbone(other, tmp_path / "clip")
     with pytest.raises(ValueError, match="hidden_act 'quick_gelu' vs 'gelu'"):
         load_vision_encoder(opencir.create_model("mllm-tiny"), str(tmp_path / "clip"))
+
+
+def test_vision_init_takes_the_image_tower_of_an_opencir_checkpoint(tmp_path: Path) -> None:
+    from opencir.models.mllm import load_vision_encoder
+
+    for name in ("image-only-dual-tiny", "instructcir-dual-tiny"):
+        saved = opencir.create_model(name)
+        saved.save(tmp_path / name)
+        tower = getattr(saved, "query_encoder", saved).tower
+        mllm = opencir.create_model("mllm-tiny")
+        load_vision_encoder(mllm, str(tmp_path / name))
+        got = mllm.mllm.vision_tower.state_dict()
+        source = tower.hf.vision_model.state_dict()
+        assert len(got) == len(source)
+        assert all(torch.equal(got[k], v) for k, v in source.items())
+        assert mllm.config.backbone.preprocess == saved.config.backbone.preprocess
+    opencir.create_model("mllm-tiny").save(tmp_path / "mllm")
+    with pytest.raises(ValueError, match="no dual-encoder image tower"):
+        load_vision_encoder(opencir.create_model("mllm-tiny"), str(tmp_path / "mllm"))

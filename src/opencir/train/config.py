@@ -140,7 +140,8 @@ class TrainConfig:
     ``model`` is a registry name; ``pretrained`` the backbone weights (hub id or directory);
     ``init`` an OpenCIR checkpoint to start from (e.g. the CIR-trained model for the combiner
     stage); ``text_init`` the pretrained text encoder of a ``dual`` backbone for pretraining;
-    ``vision_init`` a pretrained ViT (CLIP/SigLIP/dual backbone dir) for an ``mllm-*`` model.
+    ``vision_init`` a pretrained ViT (CLIP/SigLIP/dual backbone dir, or an OpenCIR checkpoint of a
+    dual-encoder method) for an ``mllm-*`` model.
 
     Stages: ``pretrain`` (image–text contrastive; for ``mllm-*`` models S2's stage 1),
     ``cir`` (triplets; S2's stage 2), ``combiner`` (S1's Eq. 3), ``lm`` (next-token
