@@ -289,14 +289,14 @@ def test_vision_init_names_what_is_missing(tmp_path: Path) -> None:
 
 
 def test_vision_init_takes_the_image_tower_of_an_opencir_checkpoint(tmp_path: Path) -> None:
-    from opencir.models.mllm import load_vision_encoder
+    from opencir.models.registry import init_vision_encoder
 
     for name in ("image-only-dual-tiny", "instructcir-dual-tiny"):
         saved = opencir.create_model(name)
         saved.save(tmp_path / name)
         tower = getattr(saved, "query_encoder", saved).tower
         mllm = opencir.create_model("mllm-tiny")
-        load_vision_encoder(mllm, str(tmp_path / name))
+        init_vision_encoder(mllm, str(tmp_path / name))
         got = mllm.mllm.vision_tower.state_dict()
         source = tower.hf.vision_model.state_dict()
         assert len(got) == len(source)
@@ -304,4 +304,4 @@ def test_vision_init_takes_the_image_tower_of_an_opencir_checkpoint(tmp_path: Pa
         assert mllm.config.backbone.preprocess == saved.config.backbone.preprocess
     opencir.create_model("mllm-tiny").save(tmp_path / "mllm")
     with pytest.raises(ValueError, match="no dual-encoder image tower"):
-        load_vision_encoder(opencir.create_model("mllm-tiny"), str(tmp_path / "mllm"))
+        init_vision_encoder(opencir.create_model("mllm-tiny"), str(tmp_path / "mllm"))

@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from opencir.models.backbones import DualTower
 from opencir.models.base import CIRModel, ImagesLike
-from opencir.models.checkpoint import is_checkpoint
 from opencir.models.config import (
     IMAGE_SLOT,
     PROMPT_SLOT,
@@ -356,10 +354,20 @@ def load_llava(backbone: BackboneConfig, source: str) -> tuple[nn.Module, Backbo
 
 
 def load_vision_encoder(model: MLLMEmbedder, source: str) -> None:
-    """Put a pretrained ViT into the MLLM: CLIP, SigLIP, a dual-encoder backbone directory, or
-    an OpenCIR checkpoint of a dual-encoder method (its image tower, e.g. ``shapes-backbone``)."""
+    """Put a pretrained ViT (CLIP, SigLIP or a dual-encoder backbone dir) into the MLLM."""
+    from transformers import AutoModel
+
+    location, _ = resolve_source(source)
+    vision = from_pretrained(AutoModel, source).vision_model
     size = model.mllm.config.vision_config.image_size
-    vision, preprocess = _pretrained_vision(source, size, model.config.backbone.preprocess)
+    preprocess = read_preprocessor(location, size, model.config.backbone.preprocess)
+    put_vision_encoder(model, vision, preprocess, source)
+
+
+def put_vision_encoder(
+    model: MLLMEmbedder, vision: nn.Module, preprocess: PreprocessConfig, source: str
+) -> None:
+    """Copy ``vision`` (a ViT of the same architecture) into the MLLM, with its preprocessing."""
     _check_same_vision(vision.config, model.mllm.config.vision_config, source)
     vision = getattr(vision, "vision_model", vision)  # CLIPVisionModel wraps the transformer
     target = model.mllm.vision_tower
@@ -374,28 +382,6 @@ def load_vision_encoder(model: MLLMEmbedder, source: str) -> None:
     backbone = dataclasses.replace(model.config.backbone, preprocess=preprocess)
     model.config = dataclasses.replace(model.config, backbone=backbone)
     log.info("vision tower initialised from %s", source)
-
-
-def _pretrained_vision(
-    source: str, image_size: int, default: PreprocessConfig
-) -> tuple[nn.Module, PreprocessConfig]:
-    """The vision model of ``source`` and the preprocessing its weights were trained with."""
-    if is_checkpoint(source):
-        from opencir.models.registry import load  # the registry builds on this module
-
-        saved = load(source)
-        tower = getattr(getattr(saved, "query_encoder", saved), "tower", None)
-        if not isinstance(tower, DualTower):
-            raise ValueError(
-                f"vision_init {source!r} is an OpenCIR checkpoint of {saved.config.name}, "
-                "which has no dual-encoder image tower to take a ViT from"
-            )
-        return tower.hf.vision_model, saved.config.backbone.preprocess
-    from transformers import AutoModel
-
-    location, _ = resolve_source(source)
-    vision = from_pretrained(AutoModel, source).vision_model
-    return vision, read_preprocessor(location, image_size, default)
 
 
 VISION_FIELDS = (

@@ -39,7 +39,13 @@ from opencir.models.config import (
 )
 from opencir.models.hub import is_repo_id
 from opencir.models.loading import build_tower, load_tokenizer, load_tower
-from opencir.models.mllm import MLLMEmbedder, build_llava, load_llava
+from opencir.models.mllm import (
+    MLLMEmbedder,
+    build_llava,
+    load_llava,
+    load_vision_encoder,
+    put_vision_encoder,
+)
 from opencir.models.reformulation import InstructCIR
 from opencir.models.tokenizer import byte_level_mllm_tokenizer
 
@@ -178,6 +184,23 @@ def checkpoint_backbone(
     tower = model.query_encoder.tower if isinstance(model, InstructCIR) else model.tower
     backbone = dataclasses.replace(saved.backbone, pretrained=str(directory))
     return tower, backbone, model.tokenizer
+
+
+def init_vision_encoder(model: MLLMEmbedder, source: str) -> None:
+    """``vision_init``: a pretrained ViT into an MLLM — CLIP, SigLIP, a dual-encoder backbone
+    dir, or the image tower of an OpenCIR checkpoint of a dual-encoder method (e.g. the
+    shipped ``shapes-backbone``), with the preprocessing its weights were trained with."""
+    if not is_checkpoint(source):
+        load_vision_encoder(model, source)
+        return
+    saved = load(source)
+    tower = getattr(getattr(saved, "query_encoder", saved), "tower", None)
+    if not isinstance(tower, DualTower):
+        raise ValueError(
+            f"vision_init {source!r} is an OpenCIR checkpoint of {saved.config.name}, "
+            "which has no dual-encoder image tower to take a ViT from"
+        )
+    put_vision_encoder(model, tower.hf.vision_model, saved.config.backbone.preprocess, source)
 
 
 def _registered_backbone(name: str) -> str | None:

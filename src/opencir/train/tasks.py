@@ -26,8 +26,8 @@ from opencir.models.base import CIRModel
 from opencir.models.base_weights import load_text_source
 from opencir.models.checkpoint import is_checkpoint
 from opencir.models.loading import BACKBONE_META, resolve_source
-from opencir.models.mllm import MLLMEmbedder, load_vision_encoder
-from opencir.models.registry import create_model, load
+from opencir.models.mllm import MLLMEmbedder
+from opencir.models.registry import create_model, init_vision_encoder, load
 from opencir.train.config import TrainConfig
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.fixed_targets import ROW_FIELDS
@@ -54,7 +54,7 @@ def build_model(config: TrainConfig) -> CIRModel:
     if config.vision_init:
         if not isinstance(model, MLLMEmbedder):
             raise ValueError("vision_init only applies to mllm-* models")
-        load_vision_encoder(model, config.vision_init)
+        init_vision_encoder(model, config.vision_init)
     return model
 
 
