@@ -181,9 +181,17 @@ def checkpoint_backbone(
             f"use {config.method}-{have}"
         )
     model = load(directory)
-    tower = model.query_encoder.tower if isinstance(model, InstructCIR) else model.tower
+    tower = dual_tower(model)
     backbone = dataclasses.replace(saved.backbone, pretrained=str(directory))
     return tower, backbone, model.tokenizer
+
+
+def dual_tower(model: CIRModel) -> DualTower | None:
+    """The dual-encoder tower a model is built on (an InstructCIR's query encoder's), or None."""
+    if isinstance(model, InstructCIR):
+        return model.query_encoder.tower
+    tower = getattr(model, "tower", None)
+    return tower if isinstance(tower, DualTower) else None
 
 
 def init_vision_encoder(model: MLLMEmbedder, source: str) -> None:
@@ -194,8 +202,8 @@ def init_vision_encoder(model: MLLMEmbedder, source: str) -> None:
         load_vision_encoder(model, source)
         return
     saved = load(source)
-    tower = getattr(getattr(saved, "query_encoder", saved), "tower", None)
-    if not isinstance(tower, DualTower):
+    tower = dual_tower(saved)
+    if tower is None:
         raise ValueError(
             f"vision_init {source!r} is an OpenCIR checkpoint of {saved.config.name}, "
             "which has no dual-encoder image tower to take a ViT from"
