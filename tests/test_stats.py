@@ -13,7 +13,7 @@ import pytest
 from opencir.cli import main
 from opencir.eval.evaluate import evaluate
 from opencir.eval.stats import paired_test, summarize
-from opencir.eval.tables import load_row, markdown_table
+from opencir.eval.tables import join_worlds, load_row, markdown_table
 from tests.test_evaluate import GoodModel, ImageOnlyModel, make_split
 
 
@@ -143,3 +143,28 @@ def test_rows_on_different_queries_are_not_paired(tmp_path) -> None:
         markdown_table(table, ["R@1"], baseline="a")
     with pytest.raises(ValueError, match="baseline 'c'"):
         markdown_table(table, ["R@1"], baseline="c")
+
+
+def test_worlds_joined_by_plus_are_one_run_over_all_their_queries(tmp_path, capsys) -> None:
+    split = make_split()
+    other = dataclasses.replace(split, queries=split.queries[:20])
+    results = {}
+    for name, model in (("good", GoodModel(noise=0.5)), ("image", ImageOnlyModel())):
+        results[name] = [
+            _save(evaluate(model, world, progress=False), tmp_path / f"{name}-{i}.json")
+            for i, world in enumerate((split, other))
+        ]
+    joined = join_worlds(results["good"])
+    hits = [json.loads(Path(p).read_text())["per_query"]["R@1"] for p in results["good"]]
+    assert joined.per_query["R@1"] == hits[0] + hits[1]
+    assert len(joined.query_ids) == len(split.queries) + 20
+    assert joined.metrics["R@1"] == pytest.approx(100 * np.mean(hits[0] + hits[1]))
+    rows = ["image=" + "+".join(results["image"]), "good=" + "+".join(results["good"])]
+    args = ["results", *rows, "--metrics", "R@1", "--baseline", "image"]
+    assert main(args) == 0
+    paired = capsys.readouterr().out.split("Paired difference")[1]
+    test = paired_test(joined.per_query["R@1"], join_worlds(results["image"]).per_query["R@1"])
+    assert f"| good | {test.delta:+.2f} [{test.low:+.2f}, {test.high:+.2f}]" in paired
+    with pytest.raises(ValueError, match="not on the same queries"):
+        one_world = load_row("image", [results["image"][0]])
+        markdown_table([one_world, load_row("good", [results["good"]])], ["R@1"], baseline="image")

@@ -8,14 +8,16 @@ from pathlib import Path
 DEFAULT_METRICS = "R@1,R@5,R@10,R@50,mAP@10"
 
 
-def _pair(item: str) -> tuple[str, list[str]]:
+def _pair(item: str) -> tuple[str, list[list[str]]]:
+    """``NAME=run,run,...``; a run is a results file or ``world1.json+world2.json+...``."""
     name, sep, paths = item.partition("=")
-    files = [p for p in paths.split(",") if p]
-    if not sep or not name or not files:
+    runs = [[f for f in run.split("+") if f] for run in paths.split(",") if run]
+    if not sep or not name or not runs or not all(runs):
         raise argparse.ArgumentTypeError(
-            f"{item!r} must look like NAME=results.json or NAME=seed0.json,seed1.json,..."
+            f"{item!r} must look like NAME=results.json, NAME=seed0.json,seed1.json,... "
+            "or NAME=world1.json+world2.json"
         )
-    return name, files
+    return name, runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "One row per NAME. Several files for one NAME (comma-separated, or the NAME "
             "repeated) are runs of the same model, e.g. training seeds: the cell shows "
-            "mean ± sd over runs and a 95% CI over runs and queries. With --baseline, a "
-            "second table gives each row's paired difference to that row on the same "
-            "queries (Δ, its 95% CI and a two-sided p-value)."
+            "mean ± sd over runs and a 95% CI over runs and queries. Files joined by '+' "
+            "are one model on several worlds, taken as one set of queries (each query "
+            "weighs the same). With --baseline, a second table gives each row's paired "
+            "difference to that row on the same queries (Δ, its 95% CI and a two-sided "
+            "p-value)."
         ),
     )
-    parser.add_argument("rows", nargs="+", type=_pair, metavar="NAME=RESULTS.json[,...]")
+    parser.add_argument("rows", nargs="+", type=_pair, metavar="NAME=RESULTS.json[+...][,...]")
     parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated")
     parser.add_argument("--baseline", help="row NAME that every other row is paired against")
     parser.add_argument(
@@ -50,11 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _group_rows(pairs: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
-    """NAME → its files in order; a repeated NAME adds runs to the same row."""
-    grouped: dict[str, list[str]] = {}
-    for name, files in pairs:
-        grouped.setdefault(name, []).extend(files)
+def _group_rows(pairs: list[tuple[str, list[list[str]]]]) -> dict[str, list[list[str]]]:
+    """NAME → its runs in order; a repeated NAME adds runs to the same row."""
+    grouped: dict[str, list[list[str]]] = {}
+    for name, runs in pairs:
+        grouped.setdefault(name, []).extend(runs)
     return grouped
 
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from opencir.eval.tables import load_row, markdown_table, plot_scaling
 
     grouped = _group_rows(args.rows)
-    rows = [load_row(name, files) for name, files in grouped.items()]
+    rows = [load_row(name, runs) for name, runs in grouped.items()]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     table = markdown_table(rows, metrics, baseline=args.baseline, resamples=args.resamples)
     if args.out:
@@ -73,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         if not args.scaling:
             raise ValueError("--plot needs --scaling N=RESULTS.json points")
-        points = [(int(n), files[0]) for n, files in args.scaling]
+        points = [(int(n), runs[0][0]) for n, runs in args.scaling]
         wanted = {name.strip() for name in args.baselines.split(",") if name.strip()}
         unknown = wanted - set(grouped)
         if unknown:
             raise ValueError(f"--baselines names {sorted(unknown)} are not table rows")
-        baselines = [(name, grouped[name][0]) for name in grouped if name in wanted]
+        baselines = [(name, grouped[name][0][0]) for name in grouped if name in wanted]
         print(f"wrote {plot_scaling(points, args.plot, baselines=baselines)}")
     return 0

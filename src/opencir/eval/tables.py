@@ -2,7 +2,8 @@
 
 Cells carry 95% confidence intervals and paired tests (:mod:`opencir.eval.stats`) when the
 files hold per-query values (every file written by ``opencir eval`` does); a row may pool
-several runs of one model (training seeds) on the same queries.
+several runs of one model (training seeds) on the same queries, and one run may join the
+results of one model on several worlds into one set of queries (:func:`join_worlds`).
 """
 
 from __future__ import annotations
@@ -71,11 +72,36 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
-def load_row(name: str, paths: Sequence[str | Path]) -> Row:
-    """A row from one or more results files, which must be on the same queries."""
+def join_worlds(paths: Sequence[str | Path]) -> Run:
+    """One model's results on several worlds as one run over all their queries, in order.
+
+    Every file needs per-query values; the joined metrics are means over all queries (each
+    query weighs the same, whichever world it comes from), and a query is known by its
+    world's fingerprint and its id, so two joined runs pair only over the same worlds.
+    """
+    runs = [read_run(p) for p in paths]
+    if len(runs) == 1:
+        return runs[0]
+    lacking = [str(run.path) for run in runs if not run.per_query]
+    if lacking:
+        raise ValueError(f"joining worlds needs per-query values, which {lacking} lack")
+    metrics = sorted(set.intersection(*(set(run.per_query) for run in runs)))
+    per_query = {m: [v for run in runs for v in run.per_query[m]] for m in metrics}
+    return Run(
+        path=Path("+".join(str(run.path) for run in runs)),
+        metrics={m: 100.0 * float(np.mean(values)) for m, values in per_query.items()},
+        per_query=per_query,
+        query_ids=tuple(f"{run.dataset_fingerprint}/{q}" for run in runs for q in run.query_ids),
+        dataset_fingerprint="+".join(run.dataset_fingerprint for run in runs),
+    )
+
+
+def load_row(name: str, paths: Sequence[str | Path | Sequence[str | Path]]) -> Row:
+    """A row from one or more runs on the same queries: each a results file, or a sequence
+    of files on several worlds joined into one run (:func:`join_worlds`)."""
     if not paths:
         raise ValueError(f"row {name!r} has no results files")
-    runs = tuple(read_run(p) for p in paths)
+    runs = tuple(read_run(p) if isinstance(p, str | Path) else join_worlds(p) for p in paths)
     for run in runs[1:]:
         _check_same_queries(runs[0], run, f"runs of row {name!r}")
     return Row(name, runs)

@@ -22,7 +22,9 @@ class DataConfig:
     caption field). ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and
     ``labelled`` (annotated), mixed so a fraction ``labelled_ratio`` of every batch is
     labelled — the semi-supervised setting of seed 001. ``max_triplets`` caps the generated
-    set (the data-scaling curve). ``writer`` reads ``seeds``: JSONL rows of caption A,
+    set (the data-scaling curve). ``word_dropout`` (cir/combiner) leaves each word of a
+    triplet's modification text out with that probability, drawn afresh in every batch
+    (:mod:`opencir.train.text_noise`). ``writer`` reads ``seeds``: JSONL rows of caption A,
     caption B and change text (``opencir writer seed`` makes them).
     """
 
@@ -35,10 +37,13 @@ class DataConfig:
     caption_field: str = "alt_text"
     split: str | None = "train"
     workers: int = 0
+    word_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.labelled_ratio <= 1.0:
             raise ValueError(f"data.labelled_ratio must be in [0, 1], got {self.labelled_ratio}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"data.word_dropout must be in [0, 1), got {self.word_dropout}")
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,11 @@ class TrainConfig:
                 f"not {self.stage!r}"
             )
 
+        if self.data.word_dropout and self.stage not in ("cir", "combiner"):
+            raise ValueError(
+                "data.word_dropout applies to the triplet texts of the cir and combiner "
+                f"stages, not {self.stage!r}"
+            )
         if self.pool_negatives and (self.stage not in ("cir", "combiner") or self.hard_negatives):
             raise ValueError(
                 "pool_negatives applies to the cir and combiner stages, with hard_negatives: 0 "

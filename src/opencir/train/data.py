@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from opencir.train.distributed import per_rank_batch
+from opencir.train.text_noise import drop_batch_words
 
 ImageLoader = Callable[[str], Image.Image]
 
@@ -156,10 +157,21 @@ class MixtureSampler(Sampler[int]):
 
 
 class Collate:
-    """List of examples → model inputs; picklable so it runs inside DataLoader workers."""
+    """List of examples → model inputs; picklable so it runs inside DataLoader workers.
 
-    def __init__(self, preprocess: Callable, tokenizer: Callable[[Sequence[str]], dict]) -> None:
+    ``word_dropout`` leaves words of the triplets' texts out (:mod:`opencir.train.text_noise`,
+    drawn from ``seed`` and the batch); captions of image–text pairs stay whole.
+    """
+
+    def __init__(
+        self,
+        preprocess: Callable,
+        tokenizer: Callable[[Sequence[str]], dict],
+        word_dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.preprocess, self.tokenizer = preprocess, tokenizer
+        self.word_dropout, self.seed = word_dropout, seed
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
@@ -180,6 +192,8 @@ class Collate:
                  for e in examples]
             )  # fmt: skip
         texts = [e["text"] for e in examples]
+        if "reference" in examples[0]:
+            texts = drop_batch_words(texts, self.word_dropout, self.seed)
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]
         batch["tokens"] = self.tokenizer(texts)

@@ -283,7 +283,12 @@ class Trainer:
             rank=ctx.rank,
             world=ctx.world_size,
         )
-        collate = Collate(self.model.image_preprocessor(), self.task.text_tokenizer())
+        collate = Collate(
+            self.model.image_preprocessor(),
+            self.task.text_tokenizer(),
+            word_dropout=config.data.word_dropout,
+            seed=config.seed,
+        )
         return iter(
             DataLoader(
                 dataset,
