@@ -61,3 +61,39 @@ def test_scene_recall_counts_a_hit_when_the_nearest_image_shows_the_same_scene(
     # an encoder blind to the scene (every image alike) finds the first other image instead
     blind = scene_hits(world, SceneModel([torch.ones(3) for _ in scenes]), limit=len(train))
     assert len(blind) == repeated and sum(blind) < repeated
+
+
+def test_colour_wording_split_groups_queries_by_their_colour_word(tmp_path: Path) -> None:
+    from opencir.data.worlds import generate_shapes_world
+
+    world = tmp_path / "shapes"
+    generate_shapes_world(world, n_train=0, n_test=240, n_queries=40, n_val_queries=0,
+                          image_size=32, seed=3, progress=False)  # fmt: skip
+    script = _script("colour_words")
+    queries = [json.loads(line) for line in (world / "queries.test.jsonl").open()]
+    canonical = [script.names_canonical_colour(q) for q in queries]
+    assert 0 < sum(canonical) < len(queries)
+    for query, named in zip(queries, canonical, strict=True):
+        assert named == (query["edit"]["object"]["colour"] in query["text"].lower())
+    # a model that finds exactly the canonically worded queries, measured on two worlds
+    results = tmp_path / "model.json"
+    hits = [float(c) for c in canonical]
+    results.write_text(json.dumps({"metrics": {"R@1": 100 * sum(hits) / len(hits)},
+                                   "per_query": {"R@1": hits},
+                                   "query_ids": [q["id"] for q in queries]}))  # fmt: skip
+    table = script.split_table([world, world], "test", [("m", [results, results])], "R@1")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    n_canonical, n_other = 2 * sum(canonical), 2 * (len(hits) - sum(canonical))
+    assert rows["canonical"].startswith(f"| canonical | {n_canonical} | 100.0 [100.0, 100.0]")
+    assert rows["other word"].startswith(f"| other word | {n_other} | 0.0 [0.0, 0.0]")
+    assert {key.split(", ")[0] for key in rows if "," in key} == {q["kind"] for q in queries}
+
+
+def test_the_colour_probe_separates_separable_features() -> None:
+    script = _script("colour_words")
+    torch.manual_seed(0)
+    centres = torch.randn(len(script.COLOURS), 16) * 4
+    y = torch.arange(len(script.COLOURS)).repeat_interleave(5)
+    x = centres[y] + torch.randn(len(y), 16) * 0.1
+    probe = script.fit_probe(x, y)
+    assert (probe(x).argmax(1) == y).all()

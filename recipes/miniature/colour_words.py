@@ -1,0 +1,203 @@
+"""Where unseen wording costs ShapesCIR queries their R@1: the colour words.
+
+Two diagnostics, both for the test and held-out val registers of
+:mod:`opencir.data.worlds.phrasing`, whose colour words (``navy``, ``azure``, ...) no model
+trains on:
+
+``split WORLD[+WORLD...] NAME=RESULTS.json[+...] ...`` — each model's metric among the queries
+that name their edited object's colour with the canonical word ("red") against those that use
+another word ("crimson"), overall and per modification kind, with 95% CIs over queries. The
+results files are ``opencir eval`` runs on each WORLD's split, one per world in the same order.
+
+``probe [--text-model ID_OR_DIR]`` — how much a text encoder's own features know about colour
+words: a linear classifier (multinomial logistic regression) over the encoder's token
+features of a colour word in five short edit sentences is fitted on the canonical words alone,
+then on the canonical words plus k of the varied training register's words per colour, and
+scored on the held-out val register's and the test register's words (never fitted on).
+Accuracy is over the ten colours (chance 0.10). A classifier that cannot tell ``navy`` is blue
+from the features bounds what any query side trained on those features can do with it.
+
+    .venv/bin/python recipes/miniature/colour_words.py split runs/w11+runs/w12 \\
+        image-only=io-11.json+io-12.json S1=s1-11.json+s1-12.json [--split test] [--metric R@1]
+    .venv/bin/python recipes/miniature/colour_words.py probe [--layers 6,3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from opencir.data.worlds.phrasing import SYNONYMS, TRAIN_SYNONYMS, VAL_SYNONYMS
+from opencir.eval.stats import summarize
+from opencir.eval.tables import read_run
+from opencir.models.loading import resolve_source
+
+COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+CONTEXTS = (
+    "change the circle to {}",
+    "add a {} square at the top",
+    "remove the {} star",
+    "move the {} triangle to the left",
+    "make the {} hexagon small",
+)
+
+
+def names_canonical_colour(query: dict) -> bool:
+    """Whether a ShapesCIR query's text names its edited object's colour by the canonical word."""
+    return query["edit"]["object"]["colour"] in query["text"].lower()
+
+
+def query_labels(world: Path, split: str) -> dict[str, tuple[str, str]]:
+    """query id → (kind, ``canonical`` or ``other word``) for every query of WORLD's split."""
+    rows = (json.loads(line) for line in (world / f"queries.{split}.jsonl").open(encoding="utf-8"))
+    return {
+        q["id"]: (q["kind"], "canonical" if names_canonical_colour(q) else "other word")
+        for q in rows
+    }
+
+
+def split_table(
+    worlds: Sequence[Path], split: str, models: Sequence[tuple[str, Sequence[Path]]], metric: str
+) -> str:
+    """Markdown: ``metric`` [95% CI] per model, by wording and by kind × wording, over the
+    queries of every world (each model gives one results file per world, in order)."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    for index, world in enumerate(worlds):
+        labels = query_labels(world, split)
+        for name, paths in models:
+            run = read_run(paths[index])
+            if metric not in run.per_query:
+                raise SystemExit(f"{run.path} has no per-query {metric} values")
+            for qid, value in zip(run.query_ids, run.per_query[metric], strict=True):
+                kind, wording = labels[qid]
+                for key in (wording, f"{kind}, {wording}"):
+                    cells.setdefault(key, {}).setdefault(name, []).append(value)
+    names = [name for name, _ in models]
+    lines = [f"| queries ({metric}) | n | " + " | ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names)]  # fmt: skip
+    for key in sorted(cells, key=lambda k: ("," in k, k)):
+        values = [summarize(cells[key][name]) for name in names]
+        shown = [f"{s.mean:.1f} [{s.low:.1f}, {s.high:.1f}]" for s in values]
+        lines.append(f"| {key} | {values[0].queries} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+class ColourFeatures:
+    """Token features of one word in :data:`CONTEXTS` from a text encoder's ``layer``."""
+
+    def __init__(self, source: str, layer: int) -> None:
+        location, _ = resolve_source(source)
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        self.model = AutoModel.from_pretrained(location).eval()
+        self.layer = layer
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def __call__(self, word: str) -> torch.Tensor:
+        """``[len(CONTEXTS), width]``: the mean over the word's tokens in each sentence."""
+        if word not in self.seen:
+            self.seen[word] = self._encode(word)
+        return self.seen[word]
+
+    @torch.no_grad()
+    def _encode(self, word: str) -> torch.Tensor:
+        rows = []
+        for context in CONTEXTS:
+            before = context.split("{}")[0].strip()
+            start = len(self.tokenizer(before)["input_ids"]) - 1  # [CLS] + the words before
+            width = len(self.tokenizer(word)["input_ids"]) - 2
+            batch = self.tokenizer(context.format(word), return_tensors="pt")
+            hidden = self.model(**batch, output_hidden_states=True).hidden_states[self.layer][0]
+            rows.append(hidden[start : start + width].mean(0))
+        return torch.stack(rows)
+
+
+def _examples(features: ColourFeatures, words: dict[str, Sequence[str]]) -> tuple:
+    x, y = [], []
+    for label, colour in enumerate(COLOURS):
+        for word in words.get(colour, ()):
+            rows = features(word)
+            x.append(rows)
+            y += [label] * len(rows)
+    return torch.cat(x), torch.tensor(y)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> torch.nn.Linear:
+    """Multinomial logistic regression on standardised features (L-BFGS, L2 penalty)."""
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x.shape[1], len(COLOURS))
+    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(probe(x), y) + l2 * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return probe
+
+
+def probe_accuracy(features: ColourFeatures, train_words: int, draws: int = 3) -> tuple:
+    """Mean accuracy on (val words, test words) of probes fitted on the canonical words plus
+    ``train_words`` random training-register words per colour (``draws`` random picks)."""
+    scored = {name: _examples(features, words)
+              for name, words in (("val", VAL_SYNONYMS), ("test", SYNONYMS))}  # fmt: skip
+    accuracies = []
+    for draw in range(draws if train_words else 1):
+        words = {}
+        for colour in COLOURS:
+            pool = list(TRAIN_SYNONYMS[colour])
+            random.Random(f"{draw}-{colour}").shuffle(pool)
+            words[colour] = [colour, *pool[:train_words]]
+        x, y = _examples(features, words)
+        mean, sd = x.mean(0), x.std(0) + 1e-6
+        probe = fit_probe((x - mean) / sd, y)
+        with torch.no_grad():
+            accuracies.append([
+                (probe((sx - mean) / sd).argmax(1) == sy).float().mean().item()
+                for sx, sy in scored.values()
+            ])  # fmt: skip
+    return tuple(torch.tensor(accuracies).mean(0).tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    split = sub.add_parser("split", help="a metric by the wording of the object's colour")
+    split.add_argument("worlds", help="world root(s) (queries.SPLIT.jsonl), joined by '+'")
+    split.add_argument("models", nargs="+", metavar="NAME=RESULTS.json[+...]")
+    split.add_argument("--split", default="test")
+    split.add_argument("--metric", default="R@1")
+    probe = sub.add_parser("probe", help="a linear colour probe of a text encoder's features")
+    probe.add_argument("--text-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    probe.add_argument("--layers", default="6,3", help="hidden-state indices (0: embeddings)")
+    probe.add_argument("--train-words", default="0,2,4,6", help="register words per colour")
+    args = parser.parse_args()
+    if args.command == "split":
+        worlds = [Path(w) for w in args.worlds.split("+")]
+        models = []
+        for item in args.models:
+            name, _, joined = item.partition("=")
+            paths = [Path(p) for p in joined.split("+") if p]
+            if not name or len(paths) != len(worlds):
+                raise SystemExit(f"{item!r} must be NAME= and one results file per world, '+'")
+            models.append((name, paths))
+        print(split_table(worlds, args.split, models, args.metric))
+        return
+    print("| layer | training-register words per colour | val-word accuracy | test-word accuracy |")
+    print("|---:|---:|---:|---:|")
+    for layer in (int(v) for v in args.layers.split(",")):
+        features = ColourFeatures(args.text_model, layer)
+        for k in (int(v) for v in args.train_words.split(",")):
+            val, test = probe_accuracy(features, k)
+            print(f"| {layer} | {k} | {val:.2f} | {test:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
