@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -74,7 +75,14 @@ def test_colour_wording_split_groups_queries_by_their_colour_word(tmp_path: Path
     canonical = [script.names_canonical_colour(q) for q in queries]
     assert 0 < sum(canonical) < len(queries)
     for query, named in zip(queries, canonical, strict=True):
-        assert named == (query["edit"]["object"]["colour"] in query["text"].lower())
+        assert named == (
+            query["edit"]["object"]["colour"] in re.findall(r"[a-z]+", query["text"].lower())
+        )
+    edit = {"object": {"colour": "red"}}
+    assert not script.names_canonical_colour(
+        {"text": "the disc down at the bottom, centred", "edit": edit}
+    )
+    assert script.names_canonical_colour({"text": "make the cherry-red disc tiny", "edit": edit})
     # a model that finds exactly the canonically worded queries, measured on two worlds
     results = tmp_path / "model.json"
     hits = [float(c) for c in canonical]

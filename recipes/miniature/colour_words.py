@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,7 +59,8 @@ CONTEXTS = (
 
 def names_canonical_colour(query: dict) -> bool:
     """Whether a ShapesCIR query's text names its edited object's colour by the canonical word."""
-    return query["edit"]["object"]["colour"] in query["text"].lower()
+    colour = re.escape(query["edit"]["object"]["colour"])
+    return re.search(rf"\b{colour}\b", query["text"].lower()) is not None  # not "centred"
 
 
 def query_labels(world: Path, split: str) -> dict[str, tuple[str, str]]:
