@@ -8,8 +8,10 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import opencir
 from opencir.data.collections import CollectionSpec
@@ -266,3 +268,32 @@ def test_grad_accum_reruns_each_micro_batch_with_its_own_dropout_masks(tmp_path)
             torch.testing.assert_close(
                 accumulated[name], param.grad, rtol=1e-4, atol=1e-6, msg=name
             )
+
+
+def test_pretraining_reads_extra_pair_collections_beside_the_first(world, tmp_path) -> None:
+    from opencir.data.worlds import generate_shapes_world
+    from opencir.train.provenance import training_records
+    from opencir.train.sources import build_dataset
+
+    extra = tmp_path / "xkcd"  # its image ids are the first world's ids again
+    generate_shapes_world(extra, n_train=6, n_test=0, n_queries=0, n_val_queries=0, image_size=32,
+                          palette="xkcd", progress=False)  # fmt: skip
+    config = _config(tmp_path, stage="pretrain", model="sum-dual-tiny", steps=1,
+                     data=DataConfig(pairs=str(world / "images.jsonl"),
+                                     extra_pairs=(str(extra / "images.jsonl"),)))  # fmt: skip
+    dataset, n_pairs, _ = build_dataset(config)
+    first = [json.loads(line) for line in (world / "images.jsonl").read_text().splitlines()]
+    first = [r for r in first if r["split"] == "train"]
+    extra_rows = [json.loads(line) for line in (extra / "images.jsonl").read_text().splitlines()]
+    n_first = len(first)
+    assert n_pairs == len(dataset) == n_first + 6
+    for index, row in ((0, first[0]), (n_first, extra_rows[0])):  # the same id in both
+        example = dataset[index]
+        assert example["text"] == row["alt_text"]
+        with Image.open((extra if index else world) / row["file"]) as image:
+            assert np.array_equal(np.asarray(example["image"]), np.asarray(image.convert("RGB")))
+    paths = [s["path"] for s in training_records(config).data]
+    assert paths == [str(world / "images.jsonl"), str(extra / "images.jsonl")]
+    assert len(train(config, progress=False).losses) == 1
+    with pytest.raises(ValueError, match=r"set data\.pairs too"):
+        DataConfig(extra_pairs=(str(extra / "images.jsonl"),))

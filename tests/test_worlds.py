@@ -459,3 +459,45 @@ def test_world_cli_writes_and_exports_training_queries(tmp_path: Path) -> None:
         main(["world", "triplets", "--root", str(root), "--split", "train", "--out", str(out)]) == 0
     )
     assert {r["provenance"]["split"] for r in _jsonl(out / "triplets.jsonl")} == {"train"}
+
+
+# ---------------------------------------------------------------------------- XKCD palette
+
+
+def test_an_xkcd_palette_world_paints_and_names_the_survey_colours(tmp_path: Path) -> None:
+    root = tmp_path / "xkcd"
+    generate_shapes_world(
+        root, n_train=40, n_test=0, n_queries=0, n_val_queries=0, palette="xkcd",
+        min_objects=1, max_objects=2, progress=False,
+    )  # fmt: skip
+    survey = shapes.xkcd_colours()
+    assert len(survey) == 949 and survey["crimson"] == (140, 0, 15)
+    params = read_world_info(root).params
+    assert params["palette"] == "xkcd" and len(params["colours"]) == 949
+    rows = list(_images(root).values())
+    named = [o["colour"] for row in rows for o in row["attributes"]["objects"]]
+    assert set(named) <= set(survey) and not set(named) <= set(shapes.COLOURS)
+    assert len(set(named)) > len(shapes.COLOURS)  # far more than the world's eight
+    for row in rows:
+        objects = row["attributes"]["objects"]
+        for o in objects:
+            assert f"{o['size']} {o['colour']} {o['shape']}" in row["alt_text"]
+        if len(objects) == 1 and objects[0]["size"] == "large":  # the object's own pixels
+            pixels = np.asarray(Image.open(root / row["file"])).reshape(-1, 3).astype(int)
+            wanted = np.array(shapes.colour_rgb(objects[0]["colour"]))
+            assert (np.abs(pixels - wanted).max(axis=1) <= 14).sum() > 50  # the shade jitter
+
+
+def test_a_world_colour_keeps_its_rgb_and_the_default_palette_is_unrecorded(
+    shapes_root: Path,
+) -> None:
+    assert shapes.colour_rgb("red") == shapes.COLOURS["red"]  # not the survey's (229, 0, 0)
+    assert shapes.colour_rgb("crimson") == (140, 0, 15)
+    assert "palette" not in read_world_info(shapes_root).params  # older worlds stay the same
+
+
+def test_an_xkcd_palette_world_refuses_queries() -> None:
+    with pytest.raises(ValueError, match="query counts to 0"):
+        shapes.ShapesConfig(palette="xkcd", n_queries=0, n_val_queries=4)
+    with pytest.raises(ValueError, match="palette must be one of"):
+        shapes.ShapesConfig(palette="css")

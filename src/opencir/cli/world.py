@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "styles with words of their own, none of them a val or test phrasing (same "
                 "queries and images as plain, other texts)",
             )
+            world.add_argument(
+                "--palette",
+                default="canonical",
+                choices=("canonical", "xkcd"),
+                help="canonical: the world's eight colours; xkcd: the 949 named colours of the "
+                "XKCD colour survey, each named in its alt text — an image–text collection for "
+                "pretraining with a wide colour vocabulary (needs --queries 0 --val-queries 0)",
+            )
         world.add_argument(
             "--val-phrasing",
             default="plain",
@@ -67,8 +75,12 @@ def run_generate(args: argparse.Namespace) -> int:
     options = {k: v for k, v in sizes if v is not None}
     if getattr(args, "train_queries", 0):
         options["n_train_queries"] = args.train_queries
-    for option in ("val_phrasing", "train_phrasing"):
-        if getattr(args, option, "plain") != "plain":
+    for option, default in (
+        ("val_phrasing", "plain"),
+        ("train_phrasing", "plain"),
+        ("palette", "canonical"),
+    ):
+        if getattr(args, option, default) != default:
             options[option] = getattr(args, option)
     info = generate(
         args.out, n_queries=args.queries, n_val_queries=args.val_queries, seed=args.seed,

@@ -19,7 +19,9 @@ class DataConfig:
     """Where training examples come from.
 
     ``pretrain`` reads image–caption pairs from ``pairs`` (a collection manifest with a
-    caption field). ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and
+    caption field) and from every collection of ``extra_pairs`` beside it (e.g. a ShapesCIR
+    world in the XKCD palette for a wider colour vocabulary); ``split`` and ``caption_field``
+    apply to each. ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and
     ``labelled`` (annotated), mixed so a fraction ``labelled_ratio`` of every batch is
     labelled — the semi-supervised setting of seed 001. ``max_triplets`` caps the generated
     set (the data-scaling curve). ``word_dropout`` (cir/combiner) leaves each word of a
@@ -34,6 +36,7 @@ class DataConfig:
     labelled_ratio: float = 0.0
     max_triplets: int | None = None
     pairs: str | None = None
+    extra_pairs: tuple[str, ...] = ()
     caption_field: str = "alt_text"
     split: str | None = "train"
     workers: int = 0
@@ -44,6 +47,8 @@ class DataConfig:
             raise ValueError(f"data.labelled_ratio must be in [0, 1], got {self.labelled_ratio}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"data.word_dropout must be in [0, 1), got {self.word_dropout}")
+        if self.extra_pairs and not self.pairs:
+            raise ValueError("data.extra_pairs go beside data.pairs: set data.pairs too")
 
 
 @dataclass(frozen=True)

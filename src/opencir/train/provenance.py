@@ -15,7 +15,8 @@ def training_records(config: TrainConfig) -> CardRecords:
     sources = [_triplet_source(path, "generated triplets") for path in data.triplets]
     sources += [_triplet_source(path, "labelled triplets") for path in data.labelled]
     if data.pairs and config.stage in ("pretrain", "lm"):
-        sources.append({"kind": "image–caption pairs", "path": data.pairs})
+        for path in (data.pairs, *data.extra_pairs):
+            sources.append({"kind": "image–caption pairs", "path": path})
     return CardRecords(training=config.to_dict(), data=tuple(sources))
 
 

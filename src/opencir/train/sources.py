@@ -7,6 +7,8 @@ triplet file resolves its image keys through the collection its ``manifest.json`
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch.utils.data import ConcatDataset, Dataset
 
 from opencir.data.collections import CollectionSpec, open_collection
@@ -25,14 +27,11 @@ def _triplet_dataset(paths: tuple[str, ...], limit: int | None) -> TripletDatase
     return TripletDataset(examples, load_image)
 
 
-def _pair_dataset(config: TrainConfig) -> PairDataset:
+def _collection_pairs(path: str, config: TrainConfig) -> tuple[list[tuple[str, str]], Any]:
+    """The (key, caption) pairs of one collection and its image loader."""
     data = config.data
-    if not data.pairs:
-        raise ValueError(
-            f"the {config.stage} stage needs data.pairs (an image collection with captions)"
-        )
     where = (("split", data.split),) if data.split else ()
-    collection = open_collection(CollectionSpec(path=data.pairs, where=where))
+    collection = open_collection(CollectionSpec(path=path, where=where))
     pairs = [
         (item.key, str(item.meta[data.caption_field]))
         for item in collection.items()
@@ -40,10 +39,36 @@ def _pair_dataset(config: TrainConfig) -> PairDataset:
     ]
     if not pairs:
         raise ValueError(
-            f"data.pairs {data.pairs!r} has no images with a {data.caption_field!r} caption"
+            f"data.pairs {path!r} has no images with a {data.caption_field!r} caption"
             + (f" in split {data.split!r}" if data.split else "")
         )
-    return PairDataset(pairs, collection.load, with_images=config.stage != "lm")
+    return pairs, collection.load
+
+
+class _KeyedLoader:
+    r"""Loads a plain key from ``data.pairs``, ``"<n>\0<key>"`` from its n-th extra collection."""
+
+    def __init__(self, loaders: list[Any]) -> None:
+        self.loaders = loaders
+
+    def __call__(self, key: str) -> Any:
+        number, sep, own = key.partition("\0")
+        return self.loaders[int(number)](own) if sep else self.loaders[0](key)
+
+
+def _pair_dataset(config: TrainConfig) -> PairDataset:
+    data = config.data
+    if not data.pairs:
+        raise ValueError(
+            f"the {config.stage} stage needs data.pairs (an image collection with captions)"
+        )
+    pairs, load = _collection_pairs(data.pairs, config)
+    loaders = [load]
+    for number, path in enumerate(data.extra_pairs, start=1):
+        extra, load = _collection_pairs(path, config)
+        pairs += [(f"{number}\0{key}", caption) for key, caption in extra]
+        loaders.append(load)
+    return PairDataset(pairs, _KeyedLoader(loaders), with_images=config.stage != "lm")
 
 
 def build_dataset(config: TrainConfig) -> tuple[Dataset, int, int]:

@@ -83,13 +83,17 @@ class ImageRecord:
 
 def config_params(cfg: Any) -> dict[str, Any]:
     """A world config's fields as ``world.json`` records them: all but ``seed`` (recorded
-    apart), and the phrasing options only when they are not the default ``plain``, so a world
-    made before those options existed is still the same world."""
+    apart), and the later options (phrasings, palette) only when they are not their default,
+    so a world made before those options existed is still the same world."""
     params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
-    for option in ("val_phrasing", "train_phrasing"):
-        if params.get(option) == "plain":
+    for option, default in _LATER_OPTIONS.items():
+        if params.get(option) == default:
             del params[option]
     return params
+
+
+# Options added after the first worlds were made, with the value those worlds had.
+_LATER_OPTIONS = {"val_phrasing": "plain", "train_phrasing": "plain", "palette": "canonical"}
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,17 @@ to the wrong attribute) and, for a share of queries, a second rendering of the t
 
 Everything is drawn from one ``random.Random(seed)``; per-image jitter is seeded by the image
 id, so rendering in worker processes gives the same bytes.
+
+``palette="xkcd"`` paints the objects in the 949 named colours of the XKCD colour survey
+instead of the eight of :data:`COLOURS` and names each in its alt text ("a small crimson
+circle at the top left"): an unannotated image–text collection with a wide colour vocabulary
+for pretraining, the way web images teach a real backbone its colour names. Such a world has
+no queries (an edit's colour words are the eight).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -49,6 +56,28 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (240, 125, 185),
     "brown": (125, 80, 40),
 }
+PALETTES = ("canonical", "xkcd")
+
+
+@functools.cache
+def xkcd_colours() -> dict[str, tuple[int, int, int]]:
+    """The XKCD colour survey's 949 colour names and their RGB (as matplotlib ships them)."""
+    try:
+        from matplotlib.colors import XKCD_COLORS, to_rgb
+    except ImportError as err:  # pragma: no cover - matplotlib is in the eval extra
+        raise ImportError("palette 'xkcd' needs matplotlib (pip install 'opencir[eval]')") from err
+    return {
+        name.removeprefix("xkcd:"): tuple(round(255 * c) for c in to_rgb(hex_code))
+        for name, hex_code in XKCD_COLORS.items()
+    }
+
+
+def colour_rgb(name: str) -> tuple[int, int, int]:
+    """The RGB an object of colour ``name`` is painted in: a world colour, else a survey one."""
+    rgb = COLOURS.get(name)
+    return rgb if rgb is not None else xkcd_colours()[name]
+
+
 SIZES = ("small", "large")
 POSITIONS = (
     ("top left", "top", "top right"),
@@ -77,6 +106,7 @@ class ShapesConfig:
     twin_rate: float = 0.3
     val_phrasing: str = phrasing.PLAIN  # or "held-out": val texts in the held-out val styles
     train_phrasing: str = phrasing.PLAIN  # or "varied": training queries in the varied styles
+    palette: str = "canonical"  # or "xkcd": the survey's named colours, no queries
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects < self.max_objects <= 9:
@@ -93,6 +123,20 @@ class ShapesConfig:
             raise ValueError("n_distractors must be >= 0 and twin_rate in [0, 1]")
         phrasing.check_phrasing("val_phrasing", self.val_phrasing, phrasing.VAL_PHRASINGS)
         phrasing.check_phrasing("train_phrasing", self.train_phrasing, phrasing.TRAIN_PHRASINGS)
+        if self.palette not in PALETTES:
+            raise ValueError(f"palette must be one of {PALETTES}, got {self.palette!r}")
+        if self.palette != "canonical" and (
+            self.n_queries or self.n_val_queries or self.n_train_queries
+        ):
+            raise ValueError(
+                f"palette {self.palette!r} makes an image–text collection without queries (edit "
+                "texts use the canonical colours): set the test, val and train query counts to 0"
+            )
+
+    @property
+    def colours(self) -> tuple[str, ...]:
+        """The colour names objects are painted in."""
+        return tuple(COLOURS) if self.palette == "canonical" else tuple(xkcd_colours())
 
 
 class Obj(NamedTuple):
@@ -145,13 +189,17 @@ def free_positions(scene: Scene) -> list[str]:
     return [p for row in POSITIONS for p in row if p not in taken]
 
 
-def random_object(rng: random.Random, position: str) -> Obj:
-    return Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), position)
+def random_object(
+    rng: random.Random, position: str, colours: Sequence[str] = tuple(COLOURS)
+) -> Obj:
+    return Obj(rng.choice(SHAPES), rng.choice(colours), rng.choice(SIZES), position)
 
 
-def random_scene(rng: random.Random, n_objects: int) -> Scene:
+def random_scene(
+    rng: random.Random, n_objects: int, colours: Sequence[str] = tuple(COLOURS)
+) -> Scene:
     cells = rng.sample([p for row in POSITIONS for p in row], n_objects)
-    return make_scene([random_object(rng, p) for p in cells])
+    return make_scene([random_object(rng, p, colours) for p in cells])
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -190,7 +238,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: Obj, cell: float, rng: random.R
     slack = max(0.0, cell / 2 - r - 0.04 * cell)
     cx = (col + 0.5) * cell + rng.uniform(-slack, slack)
     cy = (row + 0.5) * cell + rng.uniform(-slack, slack)
-    fill = _shade(COLOURS[obj.colour], rng)
+    fill = _shade(colour_rgb(obj.colour), rng)
     if obj.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
@@ -507,8 +555,9 @@ def _place_groups(
 
 def _filler(cfg: ShapesConfig, rng: random.Random, forbidden: set[int]) -> Scene:
     """A random scene not in ``forbidden`` (train scenes never repeat a test scene)."""
+    colours = cfg.colours
     while True:
-        scene = random_scene(rng, rng.randint(cfg.min_objects, cfg.max_objects))
+        scene = random_scene(rng, rng.randint(cfg.min_objects, cfg.max_objects), colours)
         if _digest(scene) not in forbidden:
             return scene
 
@@ -599,7 +648,7 @@ def world_params(cfg: ShapesConfig) -> dict[str, Any]:
     params.update(
         generator="opencir.data.worlds.shapes",
         shapes=list(SHAPES),
-        colours=list(COLOURS),
+        colours=list(cfg.colours),
         sizes=list(SIZES),
         kinds=list(KINDS),
         styles={
