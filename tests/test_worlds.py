@@ -501,3 +501,15 @@ def test_an_xkcd_palette_world_refuses_queries() -> None:
         shapes.ShapesConfig(palette="xkcd", n_queries=0, n_val_queries=4)
     with pytest.raises(ValueError, match="palette must be one of"):
         shapes.ShapesConfig(palette="css")
+
+
+def test_world_cli_makes_an_xkcd_palette_world_and_names_what_it_refuses(tmp_path, caplog) -> None:
+    root = tmp_path / "colours"
+    sizes = ["--n-train", "12", "--n-test", "0", "--val-queries", "0"]
+    assert main(["world", "shapes", "--out", str(root), *sizes, "--palette", "xkcd"]) != 0
+    assert "--queries 0 --val-queries 0" in caplog.text  # --queries defaults to 300
+    assert not (root / "world.json").exists()
+    assert main(["world", "shapes", "--out", str(root), *sizes, "--queries", "0",
+                 "--palette", "xkcd"]) == 0  # fmt: skip
+    assert read_world_info(root).params["palette"] == "xkcd"
+    assert len(_images(root)) == 12

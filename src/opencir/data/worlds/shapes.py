@@ -130,7 +130,8 @@ class ShapesConfig:
         ):
             raise ValueError(
                 f"palette {self.palette!r} makes an image–text collection without queries (edit "
-                "texts use the canonical colours): set the test, val and train query counts to 0"
+                "texts use the canonical colours): set the test, val and train query counts to 0 "
+                "(--queries 0 --val-queries 0)"
             )
 
     @property
