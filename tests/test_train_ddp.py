@@ -8,10 +8,10 @@ GPU of each rank is checked with ``torch.cuda`` mocked (no GPU here).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +19,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -177,22 +178,32 @@ def _recipe(world: Path, folder: Path) -> Path:
     return recipe
 
 
-def _torchrun(args: list[str], limit_s: float = 240) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2 -m opencir.cli train ARGS`` on CPU (gloo, loopback)."""
+def _torchrun(args: list[str], limit_s: float = 240) -> subprocess.CompletedProcess | None:
+    """``torchrun --nproc-per-node 2 -m opencir.cli train ARGS`` on CPU (gloo, loopback);
+    None when it runs past ``limit_s`` (the launcher and every rank are killed then)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", "2", "-m", "opencir.cli", "train", "--no-progress", *args]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        start_new_session=True,  # so that a stalled run is killed with all its ranks
+        start_new_session=True,
     ) as process:  # fmt: skip
         try:
             output, _ = process.communicate(timeout=limit_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-            pytest.fail(f"torchrun {args} ran past {limit_s} s (hung?):\n{output[-3000:]}")
+            _kill_with_descendants(process.pid)
+            process.communicate()
+            return None
     return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+def _kill_with_descendants(pid: int) -> None:
+    """Kill a process and all it started: the ranks torchrun starts lead sessions of their own,
+    so killing the launcher's process group would leave them holding its output pipe open."""
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def _max_weight_difference(a: Path, b: Path) -> float:
@@ -211,17 +222,26 @@ def test_torchrun_matches_one_process_across_resumes(world, tmp_path, caplog) ->
     """
     recipe = _recipe(world, tmp_path)
     single = train(load_recipe(recipe, [f"out_dir={tmp_path / 'single'}"]), progress=False)
-    split = [f"out_dir={tmp_path / 'split'}", "grad_accum=2"]
-    for extra in (["--stop-at", "1"], ["--resume", "latest", "--stop-at", "2"]):
-        run = _torchrun(["--recipe", str(recipe), *split, *extra])
-        assert run.returncode == 0, run.stdout[-8000:]
+    # One retry in a fresh folder: a rank of a run on a busy shared machine has been seen to
+    # stall (the launcher then waits for it); two stalls in a row fail the test.
+    for attempt in range(2):
+        split = [f"out_dir={tmp_path / f'split{attempt}'}", "grad_accum=2"]
+        for extra in (["--stop-at", "1"], ["--resume", "latest", "--stop-at", "2"]):
+            run = _torchrun(["--recipe", str(recipe), *split, *extra])
+            if run is None:
+                break
+            assert run.returncode == 0, run.stdout[-8000:]
+        if run is not None:
+            break
+    else:
+        pytest.fail("a two-rank torchrun run stalled twice (240 s each)")
     assert "resumed from" in run.stdout and "re-seeded" not in run.stdout
     with caplog.at_level(logging.WARNING, logger="opencir.train.loop"):
         resumed = train(load_recipe(recipe, split), resume="latest", progress=False)
     assert "written by 2 rank(s) and resumes on 1" in caplog.text
     assert resumed.steps_done == 3 and len(resumed.losses) == 1
     assert _max_weight_difference(single.final, resumed.final) <= 1e-4
-    with (tmp_path / "split" / "metrics.csv").open() as handle:  # the mean over the ranks
+    with (tmp_path / f"split{attempt}" / "metrics.csv").open() as handle:  # the mean over the ranks
         logged = [float(row["loss"]) for row in csv.DictReader(handle)]
     assert logged == pytest.approx(single.losses, abs=1e-4)
 
@@ -231,6 +251,7 @@ def test_torchrun_refuses_a_batch_the_ranks_cannot_share(world, tmp_path) -> Non
         ["--recipe", str(_recipe(world, tmp_path)), f"out_dir={tmp_path}", "batch_size=7"],
         limit_s=120,
     )
+    assert run is not None, "torchrun ran past 120 s"
     assert run.returncode != 0
     assert "batch_size=7 is not divisible by the 2 ranks" in run.stdout
 
@@ -301,3 +322,16 @@ def test_a_nan_on_one_rank_stops_every_rank(world, tmp_path) -> None:
         pytest.fail("the other rank kept waiting for the one whose loss became NaN")
     for rank in (0, 1):
         assert "loss became nan at step 1" in (tmp_path / f"rank{rank}.txt").read_text()
+
+
+def test_a_torchrun_past_its_limit_is_killed_with_every_rank(world, tmp_path) -> None:
+    before = {p.pid for p in psutil.process_iter()}
+    args = ["--recipe", str(_recipe(world, tmp_path)), f"out_dir={tmp_path}", "steps=100000"]
+    assert _torchrun(args, limit_s=20) is None
+    assert (tmp_path / "config.yaml").is_file()  # the ranks were training when it was killed
+    time.sleep(1)
+    left = [
+        p for p in psutil.process_iter(["cmdline"])
+        if p.pid not in before and str(tmp_path) in " ".join(p.info["cmdline"] or ())
+    ]  # fmt: skip
+    assert not left, left
