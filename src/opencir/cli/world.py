@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from opencir.data.worlds.phrasing import TRAIN_PHRASINGS, VAL_PHRASINGS
+from opencir.data.worlds.shapes import PALETTES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             world.add_argument(
                 "--palette",
                 default="canonical",
-                choices=("canonical", "xkcd"),
+                choices=PALETTES,
                 help="canonical: the world's eight colours; xkcd: the 949 named colours of the "
                 "XKCD colour survey, each named in its alt text — an image–text collection for "
                 "pretraining with a wide colour vocabulary (needs --queries 0 --val-queries 0)",
@@ -75,12 +76,8 @@ def run_generate(args: argparse.Namespace) -> int:
     options = {k: v for k, v in sizes if v is not None}
     if getattr(args, "train_queries", 0):
         options["n_train_queries"] = args.train_queries
-    for option, default in (
-        ("val_phrasing", "plain"),
-        ("train_phrasing", "plain"),
-        ("palette", "canonical"),
-    ):
-        if getattr(args, option, default) != default:
+    for option in ("val_phrasing", "train_phrasing", "palette"):  # those this world has
+        if hasattr(args, option):
             options[option] = getattr(args, option)
     info = generate(
         args.out, n_queries=args.queries, n_val_queries=args.val_queries, seed=args.seed,

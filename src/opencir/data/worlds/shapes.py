@@ -72,6 +72,12 @@ def xkcd_colours() -> dict[str, tuple[int, int, int]]:
     }
 
 
+@functools.cache
+def palette_colours(palette: str) -> tuple[str, ...]:
+    """The colour names of ``palette`` (one of :data:`PALETTES`)."""
+    return tuple(COLOURS) if palette == "canonical" else tuple(xkcd_colours())
+
+
 def colour_rgb(name: str) -> tuple[int, int, int]:
     """The RGB an object of colour ``name`` is painted in: a world colour, else a survey one."""
     rgb = COLOURS.get(name)
@@ -137,7 +143,7 @@ class ShapesConfig:
     @property
     def colours(self) -> tuple[str, ...]:
         """The colour names objects are painted in."""
-        return tuple(COLOURS) if self.palette == "canonical" else tuple(xkcd_colours())
+        return palette_colours(self.palette)
 
 
 class Obj(NamedTuple):
@@ -556,9 +562,8 @@ def _place_groups(
 
 def _filler(cfg: ShapesConfig, rng: random.Random, forbidden: set[int]) -> Scene:
     """A random scene not in ``forbidden`` (train scenes never repeat a test scene)."""
-    colours = cfg.colours
     while True:
-        scene = random_scene(rng, rng.randint(cfg.min_objects, cfg.max_objects), colours)
+        scene = random_scene(rng, rng.randint(cfg.min_objects, cfg.max_objects), cfg.colours)
         if _digest(scene) not in forbidden:
             return scene
 
