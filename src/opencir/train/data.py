@@ -20,6 +20,8 @@ from opencir.train.distributed import per_rank_batch
 from opencir.train.text_noise import drop_batch_words
 
 ImageLoader = Callable[[str], Image.Image]
+# the batch fields of the image–caption pairs a cir step also trains on (``pair_loss_weight``)
+PAIR_IMAGES, PAIR_TOKENS = "pair_image", "pair_tokens"
 
 
 @dataclass(frozen=True)

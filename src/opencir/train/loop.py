@@ -31,7 +31,15 @@ from opencir.train.checkpointing import (
     set_rng_state,
 )
 from opencir.train.config import TrainConfig
-from opencir.train.data import Collate, MixtureSampler, PairDataset, TripletDataset, move_to
+from opencir.train.data import (
+    PAIR_IMAGES,
+    PAIR_TOKENS,
+    Collate,
+    MixtureSampler,
+    PairDataset,
+    TripletDataset,
+    move_to,
+)
 from opencir.train.distributed import (
     DistContext,
     ddp_device_ids,
@@ -51,7 +59,7 @@ from opencir.train.negatives import (
     image_key_embedder,
     triplet_parts,
 )
-from opencir.train.sources import build_dataset
+from opencir.train.sources import build_dataset, pair_dataset
 from opencir.train.stages import make_task
 from opencir.train.tasks import PretrainTask, StepModule, Task
 
@@ -268,16 +276,33 @@ class Trainer:
         _seed_everything(random.Random(f"{self.config.seed}-{self.step}-{rank}").getrandbits(32))
 
     def _loader(self, progress: bool = False) -> Iterator[dict[str, Any]]:
-        config, ctx = self.config, self.ctx
+        config = self.config
         dataset, n_generated, n_labelled = build_dataset(config)
         self._prepare_candidates(dataset, progress)
-        # one global batch per optimizer step; this rank's share comes in grad_accum pieces
+        batches = self._batches(dataset, n_generated, n_labelled, config.data.labelled_ratio)
+        if not config.pair_loss_weight:
+            return batches
+        pairs = pair_dataset(config)
+        pair_batches = self._batches(pairs, len(pairs), 0, 0.0, seed_offset=1)
+        return (
+            {**batch, PAIR_IMAGES: pair["image"], PAIR_TOKENS: pair["tokens"]}
+            for batch, pair in zip(batches, pair_batches, strict=False)
+        )
+
+    def _batches(
+        self, dataset: Dataset, n_generated: int, n_labelled: int, ratio: float,
+        seed_offset: int = 0,
+    ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """This rank's micro-batches of ``dataset``: one global batch per optimizer step,
+        in ``grad_accum`` pieces, a pure function of the seed and the step."""
+        config, ctx = self.config, self.ctx
+        seed = config.seed + seed_offset
         sampler = MixtureSampler(
             n_generated,
             n_labelled,
             config.batch_size,
-            config.data.labelled_ratio,
-            config.seed,
+            ratio,
+            seed,
             total_batches=config.steps,
             start_batch=self.step,
             rank=ctx.rank,
@@ -287,7 +312,7 @@ class Trainer:
             self.model.image_preprocessor(),
             self.task.text_tokenizer(),
             word_dropout=config.data.word_dropout,
-            seed=config.seed,
+            seed=seed,
         )
         return iter(
             DataLoader(
@@ -300,7 +325,7 @@ class Trainer:
                 persistent_workers=config.data.workers > 0,
                 # its own generator: creating the iterator must not draw from the global RNG,
                 # or a resumed run would see different dropout masks than an unbroken one
-                generator=torch.Generator().manual_seed(config.seed),
+                generator=torch.Generator().manual_seed(seed),
             )
         )
 

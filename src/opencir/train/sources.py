@@ -56,7 +56,8 @@ class _KeyedLoader:
         return self.loaders[int(number)](own) if sep else self.loaders[0](key)
 
 
-def _pair_dataset(config: TrainConfig) -> PairDataset:
+def pair_dataset(config: TrainConfig) -> PairDataset:
+    """The image–caption pairs of ``data.pairs`` and every ``data.extra_pairs`` collection."""
     data = config.data
     if not data.pairs:
         raise ValueError(
@@ -77,7 +78,7 @@ def build_dataset(config: TrainConfig) -> tuple[Dataset, int, int]:
         seeds = seed_dataset(config)
         return seeds, len(seeds), 0
     if config.stage in ("pretrain", "lm"):
-        dataset = _pair_dataset(config)
+        dataset = pair_dataset(config)
         return dataset, len(dataset), 0
     generated = _triplet_dataset(config.data.triplets, config.data.max_triplets)
     labelled = _triplet_dataset(config.data.labelled, None)

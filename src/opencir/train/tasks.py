@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from opencir.models.backbones import DualEncoderTower
+from opencir.models.backbones import DualEncoderTower, DualTower
 from opencir.models.base import CIRModel
 from opencir.models.base_weights import load_text_source
 from opencir.models.checkpoint import is_checkpoint
@@ -29,6 +29,7 @@ from opencir.models.loading import BACKBONE_META, resolve_source
 from opencir.models.mllm import MLLMEmbedder
 from opencir.models.registry import create_model, init_vision_encoder, load
 from opencir.train.config import TrainConfig
+from opencir.train.data import PAIR_IMAGES, PAIR_TOKENS
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.fixed_targets import ROW_FIELDS
 from opencir.train.losses import (
@@ -134,20 +135,13 @@ class PretrainTask(Task):
 
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and caption embeddings, the mined negative pairs (if any) after the batch's."""
-        tower = self.model.tower
-        images, tokens = batch["image"], batch["tokens"]
+        images = batch["image"]
         if "negatives" in batch:  # their captions are already in ``tokens``, after the batch's
             images = torch.cat([images, batch["negatives"]])
-        image_embeddings = nn.functional.normalize(tower.encode_image(images), dim=-1)
-        texts = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
-        return image_embeddings, nn.functional.normalize(texts, dim=-1)
+        return _pair_embeddings(self.model.tower, images, batch["tokens"])
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
-        images, texts = outputs
-        offset = ctx.row_offset(images.shape[0])
-        all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
-        scale = self.model.tower.hf.logit_scale
-        return clip_loss(images, texts, all_images, all_texts, scale, offset)
+        return _gathered_clip_loss(*outputs, self.model.tower.hf.logit_scale, ctx)
 
     def encode_captions(self, captions: Sequence[str], device: torch.device) -> torch.Tensor:
         """Pooled text embeddings of ``captions`` (for mining hard negatives)."""
@@ -160,6 +154,24 @@ class PretrainTask(Task):
         final = self.save_final(out_dir)
         save_backbone(self.model, out_dir / "backbone")
         return final
+
+
+def _pair_embeddings(
+    tower: DualTower, images: torch.Tensor, tokens: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image and pooled caption embeddings of image–caption pairs."""
+    image_embeddings = nn.functional.normalize(tower.encode_image(images), dim=-1)
+    texts = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
+    return image_embeddings, nn.functional.normalize(texts, dim=-1)
+
+
+def _gathered_clip_loss(
+    images: torch.Tensor, texts: torch.Tensor, scale: torch.Tensor, ctx: DistContext
+) -> torch.Tensor:
+    """The CLIP loss of this rank's pairs against every rank's (``scale``: the log logit scale)."""
+    offset = ctx.row_offset(images.shape[0])
+    all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
+    return clip_loss(images, texts, all_images, all_texts, scale, offset)
 
 
 def save_backbone(model: CIRModel, directory: Path) -> None:
@@ -196,6 +208,15 @@ class CIRTask(Task):
                 "pool_negatives needs the table of fixed target embeddings: an InstructCIR "
                 "model with model_overrides.ema_momentum: 1.0 and cache_fixed_targets: true"
             )
+        self.pair_tower: DualTower | None = None
+        if config.pair_loss_weight:
+            encoder = getattr(model, "query_encoder", None)
+            if encoder is None or not isinstance(encoder.tower, DualTower):
+                raise ValueError(
+                    f"pair_loss_weight needs an InstructCIR model on a dual-encoder backbone, "
+                    f"got {model.config.name!r}"
+                )
+            self.pair_tower = encoder.tower
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = self.model.cir_trainable_parameters()
@@ -210,15 +231,24 @@ class CIRTask(Task):
         return self.config.cache_fixed_targets and getattr(self.model, "has_fixed_target", False)
 
     def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """Queries, then the candidates: targets, references and mined hard negatives."""
+        """Queries, then the candidates: targets, references and mined hard negatives (or the
+        pool's scores); with ``pair_loss_weight``, the pairs' image and caption embeddings
+        last."""
         queries = self.model.forward_query(batch["reference"], batch["tokens"])
         if self.config.pool_negatives:
-            return queries, self._candidates(batch, "target"), self._pool_scores(queries, batch)
-        outputs = (queries, self._candidates(batch, "target"))
-        if self.config.reference_negatives:
-            outputs += (self._candidates(batch, "reference"),)
-        if "negatives" in batch or ROW_FIELDS["negatives"] in batch:
-            outputs += (self._candidates(batch, "negatives"),)
+            outputs = (
+                queries,
+                self._candidates(batch, "target"),
+                self._pool_scores(queries, batch),
+            )
+        else:
+            outputs = (queries, self._candidates(batch, "target"))
+            if self.config.reference_negatives:
+                outputs += (self._candidates(batch, "reference"),)
+            if "negatives" in batch or ROW_FIELDS["negatives"] in batch:
+                outputs += (self._candidates(batch, "negatives"),)
+        if self.pair_tower is not None:
+            outputs += _pair_embeddings(self.pair_tower, batch[PAIR_IMAGES], batch[PAIR_TOKENS])
         return outputs
 
     def _candidates(self, batch: dict[str, Any], field: str) -> torch.Tensor:
@@ -243,7 +273,16 @@ class CIRTask(Task):
 
     def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
         """Eq. 2 over the gathered targets; references and hard negatives add negatives.
-        With ``pool_negatives``, over this rank's targets and the whole pool instead."""
+        With ``pool_negatives``, over this rank's targets and the whole pool instead; with
+        ``pair_loss_weight``, plus that weight times the pairs' image–text contrastive loss."""
+        if self.pair_tower is None:
+            return self._cir_loss(outputs, ctx)
+        *cir_outputs, images, texts = outputs
+        scale = self.pair_tower.hf.logit_scale.detach()
+        pairs = _gathered_clip_loss(images, texts, scale, ctx)
+        return self._cir_loss(tuple(cir_outputs), ctx) + self.config.pair_loss_weight * pairs
+
+    def _cir_loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
         if self.config.pool_negatives:
             return pool_contrastive_loss(*outputs, temperature=self.config.temperature)
         queries, *candidates = outputs
