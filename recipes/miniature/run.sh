@@ -11,8 +11,9 @@
 # The key rows (image-only, sum, S1 and its ablations, S1 on ground truth, S2 full) are run with
 # every seed of SEEDS (default "0 1 2"): S1 and S2 rows vary the training seed on the seed-0
 # backbone; image-only and sum vary the backbone's pretraining seed. Every model is evaluated
-# as soon as it is trained (OUT/results/NAME.json), and the first seed's rows all come before
-# the other seeds' repeats, so an interrupted run leaves a whole one-seed table behind.
+# as soon as it is trained (OUT/results/NAME.json); the first seed's key rows and S2 come first,
+# then the other rows, then the other seeds' repeats, so an interrupted run leaves the most
+# telling rows behind first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORLD=${1:?usage: run.sh shapes|emoji}
@@ -116,15 +117,7 @@ done_marker "$OUT/gt/triplets.jsonl" ||
 GEN="data.triplets=[$OUT/triplets]"
 GT=("data.triplets=[]" "data.labelled=[$OUT/gt]" data.labelled_ratio=1.0)
 MINED=(pool_negatives=false hard_negatives=4)
-row combiner-baseline "$RECIPES/combiner-baseline.yaml" pretrained="$BB" "$GEN"
 s1_rows 0
-# the paper's EMA target (momentum 0.999) beside the recipe's fixed one
-row s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999 \
-  "${MINED[@]}"
-for n in $SCALING; do
-  row "s1-n$n" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" data.max_triplets="$n"
-done
-row s1-combiner "$RECIPES/combiner-stage.yaml" init="$OUT/s1/final" "$GEN"
 
 # S2: the MLLM embedder on the same ViT, a small decoder pretrained on the alt text, then
 # stage 1 (joint embedding on image–alt-text pairs) and stage 2 (instruction tuning on the
@@ -143,6 +136,17 @@ for pooling in last mean; do
   row "mllm-s2$suffix-gt" "$RECIPES/mllm-stage2.yaml" init="$OUT/mllm-stage1$suffix/final" \
     "${GT[@]}"
 done
+
+# the other rows of the table: the combiner baseline, the paper's EMA target, the
+# data-scaling curve and S1 + combiner
+row combiner-baseline "$RECIPES/combiner-baseline.yaml" pretrained="$BB" "$GEN"
+# the paper's EMA target (momentum 0.999) beside the recipe's fixed one
+row s1-ema999 "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" model_overrides.ema_momentum=0.999 \
+  "${MINED[@]}"
+for n in $SCALING; do
+  row "s1-n$n" "$RECIPES/s1.yaml" pretrained="$BB" "$GEN" data.max_triplets="$n"
+done
+row s1-combiner "$RECIPES/combiner-stage.yaml" init="$OUT/s1/final" "$GEN"
 
 # the key rows' other seeds
 for seed in $OTHER_SEEDS; do
