@@ -201,6 +201,9 @@ def save_backbone(model: CIRModel, directory: Path) -> None:
 class CIRTask(Task):
     """Composed-retrieval training (S1 §II-C, or a baseline with parameters)."""
 
+    # the tower whose image–caption loss joins the CIR loss (``pair_loss_weight``), if any
+    pair_tower: DualTower | None = None
+
     def __init__(self, config: TrainConfig, model: CIRModel) -> None:
         super().__init__(config, model)
         if config.pool_negatives and not self.caches_candidates():
@@ -208,7 +211,6 @@ class CIRTask(Task):
                 "pool_negatives needs the table of fixed target embeddings: an InstructCIR "
                 "model with model_overrides.ema_momentum: 1.0 and cache_fixed_targets: true"
             )
-        self.pair_tower: DualTower | None = None
         if config.pair_loss_weight:
             encoder = getattr(model, "query_encoder", None)
             if encoder is None or not isinstance(encoder.tower, DualTower):
