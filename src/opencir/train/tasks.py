@@ -213,10 +213,10 @@ class CIRTask(Task):
             )
         if config.pair_loss_weight:
             encoder = getattr(model, "query_encoder", None)
-            if encoder is None or not isinstance(encoder.tower, DualTower):
+            if encoder is None:
                 raise ValueError(
-                    f"pair_loss_weight needs an InstructCIR model on a dual-encoder backbone, "
-                    f"got {model.config.name!r}"
+                    f"pair_loss_weight needs an InstructCIR model (its query encoder's towers "
+                    f"take the image–caption loss), got {model.config.name!r}"
                 )
             self.pair_tower = encoder.tower
 
