@@ -30,8 +30,8 @@ from torch import nn
 import opencir
 from opencir.train import TrainingDivergedError, tasks, train
 from opencir.train.checkpointing import rng_state, set_rng_state
-from opencir.train.config import MLLMTrainConfig, TrainConfig, load_recipe
-from opencir.train.data import MixtureSampler
+from opencir.train.config import DataConfig, MLLMTrainConfig, TrainConfig, load_recipe
+from opencir.train.data import PAIR_IMAGES, PAIR_TOKENS, MixtureSampler
 from opencir.train.distributed import (
     DistContext,
     ddp_device_ids,
@@ -44,9 +44,11 @@ from opencir.train.tasks import StepModule
 BATCH = 6
 
 
-# case → (stage, model); "mllm-pretrain" is S2's stage 1 (LoRA adapters, gathered embeddings)
+# case → (stage, model); "mllm-pretrain" is S2's stage 1 (LoRA adapters, gathered embeddings);
+# "cir+pairs" adds the image–caption loss on the query encoder's towers (pair_loss_weight)
 CASES = {
     "cir": ("cir", "instructcir-tiny"),
+    "cir+pairs": ("cir", "instructcir-tiny"),
     "pretrain": ("pretrain", "sum-tiny"),
     "mllm-pretrain": ("pretrain", "mllm-tiny"),
 }
@@ -55,7 +57,10 @@ CASES = {
 def _config(case: str, tmp: str) -> TrainConfig:
     stage, model = CASES[case]
     no_dropout = MLLMTrainConfig(lora_rank=4, lora_dropout=0.0)  # equal RNG-free forwards
-    return TrainConfig(stage=stage, model=model, out_dir=tmp, seed=0, mllm=no_dropout)
+    pairs = {}
+    if case == "cir+pairs":  # the batch below carries the pairs; the file is never read
+        pairs = {"pair_loss_weight": 0.5, "data": DataConfig(pairs="pairs.jsonl")}
+    return TrainConfig(stage=stage, model=model, out_dir=tmp, seed=0, mllm=no_dropout, **pairs)
 
 
 def _batch(case: str, task) -> dict:
@@ -65,7 +70,12 @@ def _batch(case: str, task) -> dict:
     tokens = task.text_tokenizer()(texts)
     if CASES[case][0] == "pretrain":
         return {"image": pixels, "tokens": tokens}
-    return {"reference": pixels, "target": pixels.flip(0), "tokens": tokens}
+    batch = {"reference": pixels, "target": pixels.flip(0), "tokens": tokens}
+    if case == "cir+pairs":
+        captions = [f"a {'red' if i % 3 else 'blue'} object {i}" for i in range(BATCH)]
+        captions = task.text_tokenizer()(captions)
+        batch |= {PAIR_IMAGES: pixels.roll(1, 0), PAIR_TOKENS: captions}
+    return batch
 
 
 def _rank_slice(batch: dict, rank: int, world: int) -> dict:
