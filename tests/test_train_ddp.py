@@ -72,8 +72,8 @@ def _batch(case: str, task) -> dict:
         return {"image": pixels, "tokens": tokens}
     batch = {"reference": pixels, "target": pixels.flip(0), "tokens": tokens}
     if case == "cir+pairs":
-        captions = [f"a {'red' if i % 3 else 'blue'} object {i}" for i in range(BATCH)]
-        captions = task.text_tokenizer()(captions)
+        caption_texts = [f"a {'red' if i % 3 else 'blue'} object {i}" for i in range(BATCH)]
+        captions = task.text_tokenizer()(caption_texts)
         batch |= {PAIR_IMAGES: pixels.roll(1, 0), PAIR_TOKENS: captions}
     return batch
 
