@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from opencir.eval.benchmarks import load_benchmark
@@ -140,3 +141,21 @@ def test_the_probe_scores_each_unseen_word_with_a_confidence_interval() -> None:
     sighted = val.copy()
     sighted[:, [i for i, w in enumerate(val_words) if w in blind]] = 1.0  # every word right
     assert script._difference(sighted, val).endswith("p<0.001")
+
+
+def test_the_survey_synonym_table_holds_no_val_or_test_colour_word() -> None:
+    script = _script("colour_words")
+    assert np.allclose(script.cielab(np.array([255, 255, 255])), [100, 0, 0], atol=0.05)
+    assert np.allclose(script.cielab(np.array([255, 0, 0])), [53.24, 80.09, 67.20], atol=0.05)
+    table = script.survey_synonyms()
+    assert list(table) == list(script.WORLD_COLOURS) and all(len(v) >= 10 for v in table.values())
+    held_out = {w for t in (script.SYNONYMS, script.VAL_SYNONYMS) for c in script.COLOURS
+                for n in t[c] for w in re.split(r"[ -]", n)} - set(script.COLOURS)  # fmt: skip
+    for colour, names in table.items():
+        for name in names:
+            assert not set(re.split(r"[ /-]", name)) & held_out, name
+            assert not any(other in name for other in script.WORLD_COLOURS if other != colour)
+    assert "carmine" in table["red"] and "periwinkle" in table["blue"]
+    assert "liliac" not in table["purple"]  # one letter from the test register's "lilac"
+    tight = script.survey_synonyms(max_distance=10.0)
+    assert all(set(tight[c]) <= set(table[c]) for c in table) and sum(map(len, tight.values())) < 40

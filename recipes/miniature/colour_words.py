@@ -20,6 +20,13 @@ pairs each row with a second text model's probe on the same words. A classifier
 that cannot tell ``navy`` is blue from the features bounds what any query side trained on
 those features can do with it.
 
+``synonyms --out FILE`` — a synonym table for S1's training texts (``data.synonyms``): for
+each of the world's colours, the XKCD colour survey's names whose colour is nearest to it in
+CIELAB (within ``--max-distance``), leaving out every name that shares a word with the held-out
+val or test registers' colour words (or a word one letter from one: "liliac") or names another
+world colour ("orange pink" for a red), and a few crude ones.
+Training on it, a model meets many colour names but never a val or test one.
+
     .venv/bin/python recipes/miniature/colour_words.py split runs/w11+runs/w12 \\
         image-only=io-11.json+io-12.json S1=s1-11.json+s1-12.json [--split test] [--metric R@1]
     .venv/bin/python recipes/miniature/colour_words.py probe [--layers 6,3]
@@ -28,6 +35,7 @@ those features can do with it.
     .venv/bin/python recipes/miniature/colour_words.py probe \\
         --text-model src/opencir/assets/checkpoints/shapes-s1-gt --layers 6 \\
         --against sentence-transformers/all-MiniLM-L6-v2
+    .venv/bin/python recipes/miniature/colour_words.py synonyms --out runs/xkcd-synonyms.json
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from transformers import AutoModel, AutoTokenizer
 
 import opencir
 from opencir.data.worlds.phrasing import SYNONYMS, TRAIN_SYNONYMS, VAL_SYNONYMS
+from opencir.data.worlds.shapes import COLOURS as WORLD_COLOURS
+from opencir.data.worlds.shapes import xkcd_colours
 from opencir.eval.stats import paired_test, summarize
 from opencir.eval.tables import read_run
 from opencir.generate.causal_lm import load_causal_lm, resolve_model_source
@@ -242,6 +252,66 @@ def probe_table(model: str, layers: Sequence[int], counts: Sequence[int],
     return "\n".join(lines)
 
 
+# the stem each colour's names share ("purplish", "bluey", "orangey"), and the colours a
+# survey name may mention without naming a world colour
+COLOUR_STEMS = {"red": "red", "orange": "orang", "yellow": "yellow", "green": "green",
+                "blue": "blu", "purple": "purpl", "pink": "pink", "brown": "brown",
+                "black": "black", "white": "white", "grey": "grey", "gray": "gray"}  # fmt: skip
+
+
+def cielab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (0–255, [..., 3]) to CIELAB under D65."""
+    c = np.asarray(rgb, dtype=float) / 255
+    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                       [0.0193, 0.1192, 0.9505]])  # fmt: skip
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
+
+
+# survey names left out of training texts for their wording, not their colour
+CRUDE = {"barf", "booger", "piss", "poo", "poop", "puke", "shit", "snot", "vomit"}
+
+
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[ /-]", name.lower()))
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by at most one inserted, deleted or changed letter."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    i = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[i + 1 :] == b[i + 1 :] or a[i + 1 :] == b[i:] or a[i:] == b[i + 1 :]
+
+
+def _fit_for_training(name: str, colour: str, held_out: set[str]) -> bool:
+    """Whether survey ``name`` (nearest to world ``colour``) may appear in a training text."""
+    words = _words(name)
+    names_other = any(stem in name for c, stem in COLOUR_STEMS.items() if c != colour)
+    near_held_out = any(_one_edit_apart(w, h) for w in words for h in held_out)
+    return name != colour and not (names_other or near_held_out or words & CRUDE)
+
+
+def survey_synonyms(max_distance: float = 30.0) -> dict[str, list[str]]:
+    """World colour → the survey names nearest to it (see ``synonyms`` above)."""
+    held_out = {w for table in (SYNONYMS, VAL_SYNONYMS) for c in COLOURS for n in table[c]
+                for w in _words(n)} - set(COLOURS)  # fmt: skip
+    names = sorted(xkcd_colours())
+    survey = cielab(np.array([xkcd_colours()[n] for n in names]))
+    world = cielab(np.array(list(WORLD_COLOURS.values())))
+    distance = np.linalg.norm(survey[:, None] - world[None], axis=-1)
+    table: dict[str, list[str]] = {colour: [] for colour in WORLD_COLOURS}
+    for name, row in zip(names, distance, strict=True):
+        colour = list(WORLD_COLOURS)[int(row.argmin())]
+        if row.min() <= max_distance and _fit_for_training(name, colour, held_out):
+            table[colour].append(name)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,7 +335,21 @@ def main() -> None:
         help="a second text model (same kinds as --text-model): each row paired against its "
         "probe on the same words (Δ, 95%% CI, sign-flip p)",
     )
+    synonyms = sub.add_parser("synonyms", help="a survey-name synonym table for training")
+    synonyms.add_argument("--out", required=True, type=Path, help="the JSON table to write")
+    synonyms.add_argument(
+        "--max-distance",
+        type=float,
+        default=30.0,
+        help="largest CIELAB distance from a name's colour to the world colour",
+    )
     args = parser.parse_args()
+    if args.command == "synonyms":
+        table = survey_synonyms(args.max_distance)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=1) + "\n")
+        print(", ".join(f"{colour}: {len(names)}" for colour, names in table.items()))
+        return
     if args.command == "split":
         worlds = [Path(w) for w in args.worlds.split("+")]
         models = []

@@ -11,6 +11,8 @@ from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from opencir.train.text_noise import load_synonyms
+
 STAGES = ("lm", "pretrain", "cir", "combiner", "writer")
 
 
@@ -26,7 +28,10 @@ class DataConfig:
     ``labelled_ratio`` of every batch is labelled — the semi-supervised setting of seed 001.
     ``max_triplets`` caps the generated set (the data-scaling curve). ``word_dropout``
     (cir/combiner) leaves each word of a triplet's modification text out with that probability,
-    drawn afresh in every batch (:mod:`opencir.train.text_noise`). ``writer`` reads ``seeds``:
+    drawn afresh in every batch (:mod:`opencir.train.text_noise`); ``synonyms`` (cir/combiner)
+    names a JSON table of word → synonyms, and each whole-word occurrence of a listed word in
+    a triplet's text is swapped for one of its synonyms with probability ``synonym_rate``, also
+    drawn afresh in every batch. ``writer`` reads ``seeds``:
     JSONL rows of caption A, caption B and change text (``opencir writer seed`` makes them).
     """
 
@@ -41,12 +46,18 @@ class DataConfig:
     split: str | None = "train"
     workers: int = 0
     word_dropout: float = 0.0
+    synonyms: str | None = None
+    synonym_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.labelled_ratio <= 1.0:
             raise ValueError(f"data.labelled_ratio must be in [0, 1], got {self.labelled_ratio}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"data.word_dropout must be in [0, 1), got {self.word_dropout}")
+        if not 0.0 <= self.synonym_rate <= 1.0:
+            raise ValueError(f"data.synonym_rate must be in [0, 1], got {self.synonym_rate}")
+        if self.synonyms:
+            load_synonyms(self.synonyms)  # a bad table fails here, not at the first batch
         if self.extra_pairs and not self.pairs:
             raise ValueError("data.extra_pairs go beside data.pairs: set data.pairs too")
 
@@ -236,6 +247,11 @@ class TrainConfig:
                 f"not {self.stage!r}"
             )
 
+        if self.data.synonyms and self.stage not in ("cir", "combiner"):
+            raise ValueError(
+                "data.synonyms applies to the triplet texts of the cir and combiner stages, "
+                f"not {self.stage!r}"
+            )
         if self.data.word_dropout and self.stage not in ("cir", "combiner"):
             raise ValueError(
                 "data.word_dropout applies to the triplet texts of the cir and combiner "

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from opencir.train.distributed import per_rank_batch
-from opencir.train.text_noise import drop_batch_words
+from opencir.train.text_noise import SynonymTable, noise_batch_texts
 
 ImageLoader = Callable[[str], Image.Image]
 # the batch fields of the image–caption pairs a cir step also trains on (``pair_loss_weight``)
@@ -161,8 +161,9 @@ class MixtureSampler(Sampler[int]):
 class Collate:
     """List of examples → model inputs; picklable so it runs inside DataLoader workers.
 
-    ``word_dropout`` leaves words of the triplets' texts out (:mod:`opencir.train.text_noise`,
-    drawn from ``seed`` and the batch); captions of image–text pairs stay whole.
+    ``synonyms`` swaps words of the triplets' texts for synonyms at ``synonym_rate``, and
+    ``word_dropout`` leaves words out (:mod:`opencir.train.text_noise`, drawn from ``seed``
+    and the batch); captions of image–text pairs stay whole.
     """
 
     def __init__(
@@ -171,9 +172,12 @@ class Collate:
         tokenizer: Callable[[Sequence[str]], dict],
         word_dropout: float = 0.0,
         seed: int = 0,
+        synonyms: SynonymTable | None = None,
+        synonym_rate: float = 0.0,
     ) -> None:
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.word_dropout, self.seed = word_dropout, seed
+        self.synonyms, self.synonym_rate = synonyms, synonym_rate
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
@@ -195,7 +199,9 @@ class Collate:
             )  # fmt: skip
         texts = [e["text"] for e in examples]
         if "reference" in examples[0]:
-            texts = drop_batch_words(texts, self.word_dropout, self.seed)
+            texts = noise_batch_texts(
+                texts, self.seed, self.word_dropout, self.synonyms, self.synonym_rate
+            )
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]
         batch["tokens"] = self.tokenizer(texts)

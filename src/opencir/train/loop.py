@@ -62,6 +62,7 @@ from opencir.train.negatives import (
 from opencir.train.sources import build_dataset, pair_dataset
 from opencir.train.stages import make_task
 from opencir.train.tasks import PretrainTask, StepModule, Task
+from opencir.train.text_noise import load_synonyms
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,8 @@ class Trainer:
             self.task.text_tokenizer(),
             word_dropout=config.data.word_dropout,
             seed=seed,
+            synonyms=load_synonyms(config.data.synonyms) if config.data.synonyms else None,
+            synonym_rate=config.data.synonym_rate,
         )
         return iter(
             DataLoader(
