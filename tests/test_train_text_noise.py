@@ -128,7 +128,7 @@ def test_a_synonym_table_is_read_and_checked(tmp_path: Path) -> None:
     assert load_synonyms(good) == {"red": ("carmine",)}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"red": []}))
-    with pytest.raises(ValueError, match="non-empty list of words"):
+    with pytest.raises(ValueError, match="non-empty list of strings"):
         load_synonyms(bad)
     with pytest.raises(ValueError, match="cannot read"):
         DataConfig(synonyms=str(tmp_path / "missing.json"))

@@ -5,9 +5,10 @@ unknown colour word, say, leaves the shape and the place. Dropping words of the 
 texts at random teaches the query side to use what is left. Swapping a word for one of its
 synonyms from a table (``{"red": ["carmine", "rouge", ...]}``) teaches it that a change may
 name a colour in many words, so it leans on what the text tower knows of a word rather than
-on the few the training texts use. Each draw is a pure function of the batch (its texts and
-the run's seed), so a resumed run sees the same texts as an unbroken one, and the same
-triplet is reworded afresh in each batch it lands in.
+on the few the training texts use; an empty synonym (``{"red": [""]}``) leaves the word out,
+so the query side must find the object by what else the text says of it. Each draw is a
+pure function of the batch (its texts and the run's seed), so a resumed run sees the same
+texts as an unbroken one, and the same triplet is reworded afresh in each batch it lands in.
 """
 
 from __future__ import annotations
@@ -53,18 +54,19 @@ def load_synonyms(path: str | Path) -> dict[str, tuple[str, ...]]:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"data.synonyms: cannot read {path}: {err}") from err
     if not isinstance(table, dict) or not all(
-        isinstance(words, list) and words and all(isinstance(w, str) and w for w in words)
+        isinstance(words, list) and words and all(isinstance(w, str) for w in words)
         for words in table.values()
     ):
         raise ValueError(
-            f"data.synonyms: {path} must hold a JSON object of word -> non-empty list of words"
+            f"data.synonyms: {path} must hold a JSON object of word -> non-empty list of strings"
         )
     return {key.lower(): tuple(words) for key, words in table.items()}
 
 
 def swap_synonyms(text: str, table: SynonymTable, rate: float, rng: random.Random) -> str:
     """``text`` with each whole-word occurrence of a key of ``table`` (any case) replaced,
-    with probability ``rate``, by one of its synonyms."""
+    with probability ``rate``, by one of its synonyms; an empty synonym leaves the word out
+    ("remove the red star" → "remove the star")."""
     if not table or not rate:
         return text
 
@@ -72,7 +74,8 @@ def swap_synonyms(text: str, table: SynonymTable, rate: float, rng: random.Rando
         word = match.group(0)
         return rng.choice(table[word.lower()]) if rng.random() < rate else word
 
-    return _word_pattern(tuple(table)).sub(replace, text)
+    swapped = _word_pattern(tuple(table)).sub(replace, text)
+    return " ".join(swapped.split()) if swapped != text else text
 
 
 def noise_batch_texts(
