@@ -73,28 +73,36 @@ def test_colour_wording_split_groups_queries_by_their_colour_word(tmp_path: Path
                           image_size=32, seed=3, progress=False)  # fmt: skip
     script = _script("colour_words")
     queries = [json.loads(line) for line in (world / "queries.test.jsonl").open()]
-    canonical = [script.names_canonical_colour(q) for q in queries]
-    assert 0 < sum(canonical) < len(queries)
-    for query, named in zip(queries, canonical, strict=True):
-        assert named == (
-            query["edit"]["object"]["colour"] in re.findall(r"[a-z]+", query["text"].lower())
-        )
+    wording = [script.colour_wording(q) for q in queries]
+    assert set(wording) == {"canonical", "other word", "not named"}
+    for query, said in zip(queries, wording, strict=True):
+        words = re.findall(r"[a-z]+", query["text"].lower())
+        assert (said == "canonical") == (query["edit"]["object"]["colour"] in words)
     edit = {"object": {"colour": "red"}}
-    assert not script.names_canonical_colour(
-        {"text": "the disc down at the bottom, centred", "edit": edit}
-    )
-    assert script.names_canonical_colour({"text": "make the cherry-red disc tiny", "edit": edit})
+    said = {text: script.colour_wording({"text": text, "edit": edit}) for text in (
+        "the disc down at the bottom, centred", "make the cherry-red disc tiny",
+        "lose the crimson disc", "what if the ruby disc wasn't there", "erase the cardinal disc",
+        "make the navy disc tiny")}  # fmt: skip
+    assert list(said.values()) == [
+        "not named",
+        "canonical",
+        "other word",
+        "other word",
+        "other word",
+        "not named",
+    ]  # a register's word for another colour does not name this one
     # a model that finds exactly the canonically worded queries, measured on two worlds
     results = tmp_path / "model.json"
-    hits = [float(c) for c in canonical]
+    hits = [float(w == "canonical") for w in wording]
     results.write_text(json.dumps({"metrics": {"R@1": 100 * sum(hits) / len(hits)},
                                    "per_query": {"R@1": hits},
                                    "query_ids": [q["id"] for q in queries]}))  # fmt: skip
     table = script.split_table([world, world], "test", [("m", [results, results])], "R@1")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
-    n_canonical, n_other = 2 * sum(canonical), 2 * (len(hits) - sum(canonical))
-    assert rows["canonical"].startswith(f"| canonical | {n_canonical} | 100.0 [100.0, 100.0]")
-    assert rows["other word"].startswith(f"| other word | {n_other} | 0.0 [0.0, 0.0]")
+    n = {w: 2 * wording.count(w) for w in set(wording)}
+    assert rows["canonical"].startswith(f"| canonical | {n['canonical']} | 100.0 [100.0, 100.0]")
+    assert rows["other word"].startswith(f"| other word | {n['other word']} | 0.0 [0.0, 0.0]")
+    assert rows["not named"].startswith(f"| not named | {n['not named']} | 0.0 [0.0, 0.0]")
     assert {key.split(", ")[0] for key in rows if "," in key} == {q["kind"] for q in queries}
 
 

@@ -5,8 +5,9 @@ Two diagnostics, both for the test and held-out val registers of
 trains on:
 
 ``split WORLD[+WORLD...] NAME=RESULTS.json[+...] ...`` — each model's metric among the queries
-that name their edited object's colour with the canonical word ("red") against those that use
-another word ("crimson"), overall and per modification kind, with 95% CIs over queries. The
+that name their edited object's colour with the canonical word ("red"), with another word
+("crimson"), or not at all ("drop the hexagon"), overall and per modification kind, with 95%
+CIs over queries. The
 results files are ``opencir eval`` runs on each WORLD's split, one per world in the same order.
 
 ``probe [--text-model ID_OR_DIR]`` — how much a text encoder's own features know about colour
@@ -72,19 +73,29 @@ CONTEXTS = (
 )
 
 
-def names_canonical_colour(query: dict) -> bool:
-    """Whether a ShapesCIR query's text names its edited object's colour by the canonical word."""
-    colour = re.escape(query["edit"]["object"]["colour"])
-    return re.search(rf"\b{colour}\b", query["text"].lower()) is not None  # not "centred"
+def _says(word: str, text: str) -> bool:
+    """Whether ``text`` holds ``word`` as a whole word ("red" not in "centred"; a compound
+    that holds it, "cherry-red", says it)."""
+    return re.search(rf"\b{re.escape(word)}\b", text) is not None
+
+
+def colour_wording(query: dict) -> str:
+    """How a ShapesCIR query's text names its edited object's colour: ``canonical`` ("red"),
+    ``other word`` (a word of any register for that colour: "crimson", "ruby"), or ``not
+    named`` (the object is named by its shape, size or place alone: "drop the hexagon")."""
+    colour, text = query["edit"]["object"]["colour"], query["text"].lower()
+    if _says(colour, text):
+        return "canonical"
+    registers = (SYNONYMS, VAL_SYNONYMS, TRAIN_SYNONYMS)
+    if any(_says(word, text) for table in registers for word in table.get(colour, ())):
+        return "other word"
+    return "not named"
 
 
 def query_labels(world: Path, split: str) -> dict[str, tuple[str, str]]:
-    """query id → (kind, ``canonical`` or ``other word``) for every query of WORLD's split."""
+    """query id → (kind, :func:`colour_wording`) for every query of WORLD's split."""
     rows = (json.loads(line) for line in (world / f"queries.{split}.jsonl").open(encoding="utf-8"))
-    return {
-        q["id"]: (q["kind"], "canonical" if names_canonical_colour(q) else "other word")
-        for q in rows
-    }
+    return {q["id"]: (q["kind"], colour_wording(q)) for q in rows}
 
 
 def split_table(
