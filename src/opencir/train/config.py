@@ -30,8 +30,8 @@ class DataConfig:
     (cir/combiner) leaves each word of a triplet's modification text out with that probability,
     drawn afresh in every batch (:mod:`opencir.train.text_noise`); ``synonyms`` (cir/combiner)
     names a JSON table of word → synonyms, and each whole-word occurrence of a listed word in
-    a triplet's text is swapped for one of its synonyms with probability ``synonym_rate``, also
-    drawn afresh in every batch. ``writer`` reads ``seeds``:
+    a triplet's text is swapped for one of its synonyms (an empty one leaves the word out) with
+    probability ``synonym_rate``, also drawn afresh in every batch. ``writer`` reads ``seeds``:
     JSONL rows of caption A, caption B and change text (``opencir writer seed`` makes them).
     """
 
