@@ -247,16 +247,12 @@ class TrainConfig:
                 f"not {self.stage!r}"
             )
 
-        if self.data.synonyms and self.stage not in ("cir", "combiner"):
-            raise ValueError(
-                "data.synonyms applies to the triplet texts of the cir and combiner stages, "
-                f"not {self.stage!r}"
-            )
-        if self.data.word_dropout and self.stage not in ("cir", "combiner"):
-            raise ValueError(
-                "data.word_dropout applies to the triplet texts of the cir and combiner "
-                f"stages, not {self.stage!r}"
-            )
+        for option in ("synonyms", "word_dropout"):  # they rework triplet texts only
+            if getattr(self.data, option) and self.stage not in ("cir", "combiner"):
+                raise ValueError(
+                    f"data.{option} applies to the triplet texts of the cir and combiner "
+                    f"stages, not {self.stage!r}"
+                )
         if self.pool_negatives and (self.stage not in ("cir", "combiner") or self.hard_negatives):
             raise ValueError(
                 "pool_negatives applies to the cir and combiner stages, with hard_negatives: 0 "
