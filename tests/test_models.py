@@ -173,6 +173,44 @@ def test_zero_init_with_residual_predictor_starts_as_the_backbone(images) -> Non
         assert not torch.allclose(xavier.encode_target(images), own, atol=1e-3)
 
 
+def test_extra_blocks_start_as_the_backbone_and_round_trip(images, tmp_path) -> None:
+    model = opencir.create_model(
+        "instructcir-tiny", cross_attention_zero_init=True, predictor_residual=True, extra_blocks=2
+    ).eval()
+    encoder = model.query_encoder
+    assert (
+        len(encoder.extra_layers) == 2
+        and len(encoder.cross) == len(encoder.tower.vision_layers) + 2
+    )
+    pixels = model.preprocess(images)
+    with torch.no_grad():
+        backbone = F.normalize(encoder.tower.encode_image(pixels), dim=-1)
+        torch.testing.assert_close(
+            model.encode_query(images, TEXTS), backbone, rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(model.encode_target(images), backbone, rtol=1e-5, atol=1e-5)
+    # the residual branches of an extra block receive gradients: training can move them
+    query = model.train().forward_query(pixels, model.tokenize(TEXTS))
+    query.sum().backward()
+    assert encoder.extra_layers[0].self_attn.out_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # a moved extra block changes the query, and survives save/load
+        encoder.extra_layers[1].mlp.fc2.weight.normal_(0, 0.5)
+        encoder.cross[-1].out_proj.weight.normal_(0, 0.5)
+    model.eval().save(tmp_path / "ckpt")
+    loaded = opencir.load(tmp_path / "ckpt")
+    assert loaded.config.fusion.extra_blocks == 2
+    moved = model.encode_query(images, TEXTS)
+    assert not torch.allclose(moved, backbone, atol=1e-3)
+    assert torch.equal(loaded.encode_query(images, TEXTS), moved)
+
+
+def test_extra_blocks_need_cross_attention() -> None:
+    with pytest.raises(ValueError, match="extra_blocks needs cross_attention"):
+        opencir.create_model("instructcir-tiny", cross_attention=False, extra_blocks=1)
+    with pytest.raises(ValueError, match="extra_blocks must be >= 0"):
+        opencir.create_model("instructcir-tiny", extra_blocks=-1)
+
+
 def test_cross_attention_changes_the_image_embedding_with_text(images: list[Image.Image]) -> None:
     model = opencir.create_model("instructcir-tiny").eval()
     a = model.encode_query(images, ["make it blue"] * 3)

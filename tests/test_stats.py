@@ -81,6 +81,37 @@ def test_runs_give_mean_sd_and_a_wider_interval() -> None:
     assert (pooled.high - pooled.low) > 2 * (one.high - one.low)  # seeds disagree a lot
 
 
+def test_several_runs_p_value_carries_the_seed_variation() -> None:
+    rng = np.random.default_rng(2)
+    base = np.stack([(rng.random(2000) < 0.30).astype(float) for _ in range(3)])
+    scattered = np.stack([(rng.random(2000) < p).astype(float) for p in (0.22, 0.33, 0.44)])
+    test = paired_test(scattered, base)
+    # per query, the run-averaged rows differ by about 3 points over 2,000 queries: a test
+    # blind to the seeds calls that significant; the seeds scatter by 11 points, so it is not
+    blind = paired_test(scattered.mean(axis=0), base.mean(axis=0))
+    assert blind.p_value < 0.01
+    assert test.low < 0 < test.high and test.p_value > 0.2
+    steady = np.stack([(rng.random(2000) < p).astype(float) for p in (0.40, 0.41, 0.42)])
+    clear = paired_test(steady, base)
+    assert clear.low > 0 and clear.p_value < 0.001
+    assert paired_test(base, base).p_value == 1.0
+    shared = paired_test(scattered, base, test="sign-flip")  # runs as one shared design
+    assert shared.p_value < 0.01 and (shared.low, shared.high) == (test.low, test.high)
+    with pytest.raises(ValueError, match="test must be one of"):
+        paired_test(scattered, base, test="t-test")
+
+
+def test_several_runs_p_value_agrees_with_the_interval() -> None:
+    rng = np.random.default_rng(3)
+    base = np.stack([(rng.random(800) < 0.30).astype(float) for _ in range(3)])
+    for shift in (0.0, 0.01, 0.02, 0.03, 0.04, 0.06):
+        row = np.stack(
+            [(rng.random(800) < 0.30 + shift + d).astype(float) for d in (-0.01, 0, 0.01)]
+        )
+        test = paired_test(row, base)
+        assert (test.p_value < 0.05) == (test.low > 0 or test.high < 0), shift
+
+
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="same queries"):
         paired_test(np.ones(10), np.ones(11))

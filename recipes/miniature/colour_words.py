@@ -230,8 +230,9 @@ def _fraction(values: np.ndarray) -> str:
 
 
 def _difference(values: np.ndarray, baseline: np.ndarray) -> str:
-    """``values − baseline`` on the same words, its 95% CI and the sign-flip p-value."""
-    test = paired_test(values, baseline)
+    """``values − baseline`` on the same words, its 95% CI and the sign-flip p-value (both
+    rows hold the same random picks of register words, pick by pick)."""
+    test = paired_test(values, baseline, test="sign-flip")
     p = "p<0.001" if test.p_value < 0.001 else f"p={test.p_value:.3f}"
     return f"{test.delta / 100:+.2f} [{test.low / 100:+.2f}, {test.high / 100:+.2f}] {p}"
 

@@ -10,8 +10,11 @@ recalls, an AP for mAP), saved by :func:`opencir.eval.evaluate.evaluate` in
   so the interval covers both the seed-to-seed and the query-sampling variation.
 - :func:`paired_test`: the difference between two rows measured on the same queries, its
   95% CI (the same two-level bootstrap, queries resampled jointly for both rows) and a
-  two-sided p-value from a sign-flip randomisation test on the per-query differences (for
-  1/0 hits this is McNemar's exact test, approximated by resampling).
+  two-sided p-value. Two single runs: a sign-flip randomisation test on the per-query
+  differences (for 1/0 hits this is McNemar's exact test, approximated by resampling).
+  A row of several runs: the bootstrap p-value of the same two-level draws the CI comes
+  from, so it carries the seed-to-seed variation too and agrees with the CI (p < 0.05
+  exactly when the 95% CI excludes 0, up to resampling ties).
 
 All values are in percent (×100), as the tables print them. Resampling is seeded, so the
 same inputs always give the same intervals.
@@ -26,6 +29,7 @@ import numpy as np
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_LEVEL = 0.95
+PAIRED_TESTS = ("auto", "sign-flip")
 _CHUNK_ELEMENTS = 4_000_000  # draws per resampling chunk: bounds memory at any size
 
 
@@ -92,8 +96,18 @@ def paired_test(
     level: float = DEFAULT_LEVEL,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    test: str = "auto",
 ) -> PairedTest:
-    """``values − baseline`` (×100) over the same queries, each row one or several runs."""
+    """``values − baseline`` (×100) over the same queries, each row one or several runs.
+
+    ``test`` picks the p-value: ``"auto"`` the sign-flip test when both rows are single
+    runs and the two-level bootstrap's otherwise (see the module docstring);
+    ``"sign-flip"`` the sign-flip test on the run-averaged differences whatever the runs —
+    right when the runs of both rows share one design (the same random picks in both rows,
+    run by run), so that their variation is not a difference between the rows.
+    """
+    if test not in PAIRED_TESTS:
+        raise ValueError(f"test must be one of {PAIRED_TESTS}, got {test!r}")
     row, base = as_runs(values), as_runs(baseline)
     if row.shape[1] != base.shape[1]:
         raise ValueError(
@@ -103,9 +117,13 @@ def paired_test(
     _check_level(level, resamples)
     rng = np.random.default_rng(seed)
     row_draws, base_draws = _two_level_bootstrap([row, base], resamples, rng)
-    low, high = _percentile_interval((row_draws - base_draws) * 100.0, level)
+    draws = (row_draws - base_draws) * 100.0
+    low, high = _percentile_interval(draws, level)
     differences = row.mean(axis=0) - base.mean(axis=0)
-    p_value = _sign_flip_p_value(differences, resamples, rng)
+    if test == "sign-flip" or row.shape[0] == base.shape[0] == 1:
+        p_value = _sign_flip_p_value(differences, resamples, rng)
+    else:
+        p_value = _bootstrap_p_value(draws)
     delta = float(differences.mean() * 100.0)
     return PairedTest(delta, low, high, p_value, row.shape[1])
 
@@ -146,6 +164,20 @@ def _percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(draws, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def _bootstrap_p_value(draws: np.ndarray) -> float:
+    """Two-sided p-value of a difference 0 from bootstrap draws of the difference.
+
+    Twice the share of draws on the far side of 0 from the point estimate (the smallest
+    level at which the percentile interval would reach 0), with the ``(1 + k) / (1 + n)``
+    correction so that no finite number of draws claims p = 0; draws that are all exactly
+    0 (identical rows) give 1.
+    """
+    if not np.any(draws):
+        return 1.0
+    beyond = min(np.count_nonzero(draws <= 0.0), np.count_nonzero(draws >= 0.0))
+    return min(1.0, 2.0 * (1 + beyond) / (1 + draws.size))
 
 
 def _sign_flip_p_value(differences: np.ndarray, resamples: int, rng: np.random.Generator) -> float:

@@ -64,7 +64,9 @@ class FusionConfig:
     sizes the predictor MLP and ``predictor_residual`` adds the image embedding to its
     output; ``cross_attention_zero_init`` starts every cross-attention output projection at
     zero (instead of the paper's Xavier), so that with ``predictor_residual`` an untrained S1
-    is exactly its backbone's image embedding; ``combiner`` enables Eq. 3 (a learned weight
+    is exactly its backbone's image embedding; ``extra_blocks`` appends that many
+    reformulation blocks after the backbone's own, each starting as the identity (copies of
+    its last block with zeroed output projections); ``combiner`` enables Eq. 3 (a learned weight
     mixing the pure text embedding into the query); ``null_text`` is what targets are
     encoded with.
     Baselines: ``combiner_hidden_mult`` sizes the CLIP4Cir-style combiner.
@@ -76,6 +78,7 @@ class FusionConfig:
     predictor_hidden_mult: int = 2
     predictor_residual: bool = False
     cross_attention_zero_init: bool = False
+    extra_blocks: int = 0
     combiner: bool = False
     combiner_init: float = 0.1
     null_text: str = ""
@@ -89,6 +92,10 @@ class FusionConfig:
             raise ValueError(f"combiner_init must be in (0, 1), got {self.combiner_init}")
         if self.predictor_hidden_mult < 1 or self.combiner_hidden_mult < 1:
             raise ValueError("hidden multipliers must be >= 1")
+        if self.extra_blocks < 0:
+            raise ValueError(f"extra_blocks must be >= 0, got {self.extra_blocks}")
+        if self.extra_blocks and not self.cross_attention:
+            raise ValueError("extra_blocks needs cross_attention (they are reformulation blocks)")
 
 
 IMAGE_SLOT, TEXT_SLOT, PROMPT_SLOT = "<image>", "{text}", "{prompt}"

@@ -1,8 +1,9 @@
 """S1 — InstructCIR's embedding reformulation network (seed 002, §II-B/II-C).
 
 Reads top to bottom: the cross-attention block, the predictor, the reformulation encoder
-(a ViT whose every block is self-attention → cross-attention to text → MLP), and the model
-that pairs a query encoder with an EMA target encoder and an optional Eq. 3 combiner.
+(a ViT whose every block is self-attention → cross-attention to text → MLP, optionally
+followed by extra blocks that start as the identity), and the model that pairs a query
+encoder with an EMA target encoder and an optional Eq. 3 combiner.
 """
 
 from __future__ import annotations
@@ -92,8 +93,28 @@ class Predictor(nn.Module):
         return image + out if self.residual else out
 
 
+def identity_block(layer: nn.Module) -> nn.Module:
+    """A copy of a pre-norm ViT block whose residual branches start at zero.
+
+    The attention output projection and the MLP's last linear are zeroed, so the copy maps
+    every token sequence to itself until training moves them; its other weights (queries,
+    keys, values, the MLP's first linear, the norms) start as the source block's.
+    """
+    block = copy.deepcopy(layer)
+    for last in (block.self_attn.out_proj, block.mlp.fc2):
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return block
+
+
 class ReformulationEncoder(nn.Module):
-    """E(I, T(t)) followed by the predictor: one full encoder (query or EMA target)."""
+    """E(I, T(t)) followed by the predictor: one full encoder (query or EMA target).
+
+    ``extra_blocks`` appends that many blocks after the backbone's own (copies of its last
+    block that start as the identity, each with its own cross-attention): more depth in
+    which image tokens can act on what the text names, without changing what an untrained
+    model computes.
+    """
 
     def __init__(
         self,
@@ -102,10 +123,15 @@ class ReformulationEncoder(nn.Module):
         predictor_hidden_mult: int,
         predictor_residual: bool = False,
         cross_attention_zero_init: bool = False,
+        extra_blocks: int = 0,
     ) -> None:
         super().__init__()
         self.tower = tower
-        blocks = len(tower.vision_layers)
+        extra_blocks = extra_blocks if cross_attention else 0  # FusionConfig rejects the mix
+        self.extra_layers = nn.ModuleList(
+            identity_block(tower.vision_layers[-1]) for _ in range(extra_blocks)
+        )
+        blocks = len(tower.vision_layers) + extra_blocks
         self.cross = (
             nn.ModuleList(
                 CrossAttention(
@@ -128,7 +154,7 @@ class ReformulationEncoder(nn.Module):
         if self.cross is None:
             return tower.encode_image(pixels)
         x = tower.vision_tokens(pixels)
-        for index in range(len(tower.vision_layers)):
+        for index in range(len(self.cross)):
             if self.use_checkpointing and self.training:
                 x = checkpoint(self._block, index, x, text, use_reentrant=False)
             else:
@@ -137,7 +163,8 @@ class ReformulationEncoder(nn.Module):
 
     def _block(self, index: int, x: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """One reformulation block: self-attention → cross-attention to text → MLP."""
-        layer = self.tower.vision_layers[index]
+        own = len(self.tower.vision_layers)
+        layer = self.tower.vision_layers[index] if index < own else self.extra_layers[index - own]
         x = self_attention(layer, x, self.tower.vision_heads)
         x = self.cross[index](x, text)
         return feed_forward(layer, x)
@@ -176,6 +203,7 @@ class InstructCIR(CIRModel):
             fusion.predictor_hidden_mult,
             fusion.predictor_residual,
             fusion.cross_attention_zero_init,
+            fusion.extra_blocks,
         )
         self.target_encoder: ReformulationEncoder | None = None
         if fusion.ema:
