@@ -56,6 +56,7 @@ import opencir
 from opencir.data.worlds.phrasing import SYNONYMS, TRAIN_SYNONYMS, VAL_SYNONYMS
 from opencir.data.worlds.shapes import COLOURS as WORLD_COLOURS
 from opencir.data.worlds.shapes import xkcd_colours
+from opencir.eval.probes import fit_linear_probe
 from opencir.eval.stats import paired_test, summarize
 from opencir.eval.tables import read_run
 from opencir.generate.causal_lm import load_causal_lm, resolve_model_source
@@ -182,20 +183,9 @@ def _examples(features: ColourFeatures, words: dict[str, Sequence[str]]) -> tupl
     return torch.cat(x), torch.tensor(y)
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> torch.nn.Linear:
-    """Multinomial logistic regression on standardised features (L-BFGS, L2 penalty)."""
-    torch.manual_seed(0)
-    probe = torch.nn.Linear(x.shape[1], len(COLOURS))
-    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(probe(x), y) + l2 * probe.weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return probe
+def fit_probe(x: torch.Tensor, y: torch.Tensor) -> torch.nn.Linear:
+    """A colour probe: logistic regression over the colours on standardised features."""
+    return fit_linear_probe(x, y, classes=len(COLOURS))
 
 
 def probe_accuracy(features: Callable[[str], torch.Tensor], train_words: int, draws: int = 3):

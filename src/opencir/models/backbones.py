@@ -253,10 +253,19 @@ class DualTower(nn.Module, ABC):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """The plain backbone image embedding (no text), unnormalised."""
+        return self.pool_image(self.image_states(pixels))
+
+    def image_states(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The ViT's final token sequence (no text)."""
         x = self.vision_tokens(pixels)
         for index in range(len(self.vision_layers)):
             x = self.run_block(index, x)
-        return self.pool_image(x)
+        return x
+
+    def patch_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final token sequence → each patch token in the joint space ``[B, N, D]``
+        (unnormalised), row-major over the patch grid: what a region loss pools."""
+        raise ValueError(f"{type(self).__name__} has no class token to tell patches from")
 
 
 class CLIPTower(DualTower):
@@ -274,6 +283,9 @@ class CLIPTower(DualTower):
 
     def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf.visual_projection(self.hf.vision_model.post_layernorm(tokens[:, 0]))
+
+    def patch_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf.visual_projection(self.hf.vision_model.post_layernorm(tokens[:, 1:]))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         states = self.text_states(input_ids)
@@ -354,6 +366,9 @@ class DualEncoderTower(DualTower):
 
     def pool_image(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf.visual_projection(self._vision.post_layernorm(tokens[:, 0]))
+
+    def patch_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf.visual_projection(self._vision.post_layernorm(tokens[:, 1:]))
 
     def unused_parameters(self) -> list[nn.Parameter]:
         """BERT's pooler: we mean-pool instead, as sentence encoders are trained."""

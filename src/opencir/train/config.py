@@ -23,9 +23,17 @@ class DataConfig:
     ``pretrain`` reads image–caption pairs from ``pairs`` (a collection manifest with a caption
     field) and from every collection of ``extra_pairs`` beside it (e.g. a ShapesCIR world in the
     XKCD palette for a wider colour vocabulary); ``split`` and ``caption_field`` apply to each.
-    ``cir`` reads them too when ``pair_loss_weight`` is set. ``cir``/``combiner`` read triplet
-    files: ``triplets`` (generated) and ``labelled`` (annotated), mixed so a fraction
-    ``labelled_ratio`` of every batch is labelled — the semi-supervised setting of seed 001.
+    ``cir`` reads them too when ``pair_loss_weight`` is set. ``negative_caption_field``
+    (pretrain) names a field of every captioned image holding a caption that does *not*
+    describe it — e.g. a ShapesCIR scene with two objects' colours swapped
+    (``opencir.data.worlds.shapes.binding_swap``) — added as a hard negative to that image's
+    image→text softmax, so the image tower must bind attributes to objects (NegCLIP).
+    ``region_field`` (pretrain, with ``region_loss_weight``) names a field listing regions of
+    the image, each ``{"box": [x0, y0, x1, y1], "caption": ...}`` (box in fractions of the
+    image's width and height), e.g. one per object of a ShapesCIR scene, for the region loss.
+    ``cir``/``combiner`` read triplet files: ``triplets`` (generated) and ``labelled``
+    (annotated), mixed so a fraction ``labelled_ratio`` of every batch is labelled — the
+    semi-supervised setting of seed 001.
     ``max_triplets`` caps the generated set (the data-scaling curve). ``word_dropout``
     (cir/combiner) leaves each word of a triplet's modification text out with that probability,
     drawn afresh in every batch (:mod:`opencir.train.text_noise`); ``synonyms`` (cir/combiner)
@@ -43,6 +51,8 @@ class DataConfig:
     pairs: str | None = None
     extra_pairs: tuple[str, ...] = ()
     caption_field: str = "alt_text"
+    negative_caption_field: str | None = None
+    region_field: str | None = None
     split: str | None = "train"
     workers: int = 0
     word_dropout: float = 0.0
@@ -185,6 +195,12 @@ class TrainConfig:
     this weight times the pretraining objective on them (image–text contrastive, through the
     query encoder's own image and text towers at the backbone's logit scale), so the towers
     keep what pretraining taught while the CIR loss trains them.
+    ``region_loss_weight`` (pretrain, CLIP-layout towers): adds this weight times a region
+    loss: each region of ``data.region_field`` is the mean of the ViT's projected patch
+    tokens whose centres fall in its box, classified among the distinct region captions of
+    the step's batch (a softmax over their text embeddings at the tower's logit scale), so
+    patch tokens must carry what the caption says of the object they show — its shape as
+    well as its colour — where the image-level loss asks it of the class token alone.
 
     ``batch_size`` is the global batch of one optimizer step: torchrun's ranks and the
     ``grad_accum`` micro-batches split it evenly, and the loss is that of the whole batch.
@@ -202,6 +218,7 @@ class TrainConfig:
     cache_fixed_targets: bool = True
     pool_negatives: bool = False
     pair_loss_weight: float = 0.0
+    region_loss_weight: float = 0.0
     pretrained: str | None = None
     init: str | None = None
     text_init: str | None = None
@@ -261,6 +278,29 @@ class TrainConfig:
             )
 
         self._check_pair_loss()
+        self._check_pretrain_options()
+
+    def _check_pretrain_options(self) -> None:
+        data = self.data
+        if data.negative_caption_field is not None and not data.negative_caption_field:
+            raise ValueError("data.negative_caption_field must be a field name or null")
+        if (data.negative_caption_field or data.region_field) and self.stage != "pretrain":
+            raise ValueError(
+                "data.negative_caption_field and data.region_field apply to the pretrain "
+                f"stage, not {self.stage!r}"
+            )
+        if self.region_loss_weight < 0:
+            raise ValueError(f"region_loss_weight must be >= 0, got {self.region_loss_weight}")
+        if bool(self.region_loss_weight) != bool(data.region_field):
+            raise ValueError(
+                "region_loss_weight and data.region_field go together: got weight "
+                f"{self.region_loss_weight}, field {data.region_field!r}"
+            )
+        if self.region_loss_weight and self.grad_accum > 1:
+            raise ValueError(
+                "region_loss_weight needs grad_accum: 1 (a region's caption is an index "
+                "into its own micro-batch's captions)"
+            )
 
     def _check_pair_loss(self) -> None:
         if self.pair_loss_weight < 0:

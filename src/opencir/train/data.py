@@ -22,6 +22,38 @@ from opencir.train.text_noise import SynonymTable, noise_batch_texts
 ImageLoader = Callable[[str], Image.Image]
 # the batch fields of the image–caption pairs a cir step also trains on (``pair_loss_weight``)
 PAIR_IMAGES, PAIR_TOKENS = "pair_image", "pair_tokens"
+# pretraining's extras: a hard negative caption per pair (``data.negative_caption_field``) and
+# regions with their own captions (``data.region_field``); the batch fields they become
+NEGATIVE_CAPTION, REGIONS = "negative_caption", "regions"
+NEGATIVE_CAPTION_TOKENS = "negative_caption_tokens"
+REGION_BOXES, REGION_IMAGES = "region_boxes", "region_images"
+REGION_CAPTION_IDS, REGION_TOKENS = "region_caption_ids", "region_tokens"
+# a region: its box (x0, y0, x1, y1, fractions of the image) and what it shows
+Region = tuple[tuple[float, float, float, float], str]
+
+
+def parse_regions(value: Any, where: str) -> list[Region]:
+    """A ``data.region_field`` value checked: a list of ``{"box": [x0, y0, x1, y1], "caption"}``
+    with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``; ``where`` names it in errors."""
+    if not isinstance(value, list):
+        raise ValueError(f"regions of {where}: expected a list, got {type(value).__name__}")
+    regions = []
+    for region in value:
+        box, caption = (
+            (region.get("box"), region.get("caption")) if isinstance(region, dict) else (None, None)
+        )
+        valid_box = (
+            isinstance(box, list | tuple) and len(box) == 4
+            and all(isinstance(v, int | float) for v in box)
+            and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+        )  # fmt: skip
+        if not valid_box or not isinstance(caption, str) or not caption:
+            raise ValueError(
+                f"region of {where}: expected {{'box': [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 "
+                f"and 0 <= y0 < y1 <= 1, 'caption': non-empty text}}, got {region!r}"
+            )
+        regions.append(((float(box[0]), float(box[1]), float(box[2]), float(box[3])), caption))
+    return regions
 
 
 @dataclass(frozen=True)
@@ -70,17 +102,31 @@ class TripletDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """Image–caption pairs for the image–text pretraining stage (captions only for ``lm``)."""
+    """Image–caption pairs for the image–text pretraining stage (captions only for ``lm``).
+
+    ``extras`` maps an example field to one value per pair, in order: ``NEGATIVE_CAPTION``
+    (a caption that does not describe the pair's image: a hard negative of its image→text
+    softmax, ``data.negative_caption_field``) and ``REGIONS`` (its ``(box, caption)`` list,
+    ``data.region_field``).
+    """
 
     def __init__(
         self,
         pairs: Sequence[tuple[str, str]],
         load_image: ImageLoader,
         with_images: bool = True,
+        extras: dict[str, Sequence[Any]] | None = None,
     ) -> None:
         if not pairs:
             raise ValueError("PairDataset got no image–caption pairs: check data.pairs")
+        extras = dict(extras or {})
+        for name, values in extras.items():
+            if len(values) != len(pairs):
+                raise ValueError(
+                    f"PairDataset got {len(values)} {name!r} values for {len(pairs)} pairs"
+                )
         self.pairs, self.load_image, self.with_images = list(pairs), load_image, with_images
+        self.extras = extras
         # per pair, indices of the pairs that come with it as extra negatives (hard_negatives)
         self.negatives: list[tuple[int, ...]] = []
 
@@ -92,6 +138,7 @@ class PairDataset(Dataset):
         if not self.with_images:
             return {"text": caption}
         example = {"image": self.load_image(key), "text": caption}
+        example.update({name: values[index] for name, values in self.extras.items()})
         if self.negatives:
             extra = [self.pairs[i] for i in self.negatives[index]]
             example["negatives"] = [self.load_image(k) for k, _ in extra]
@@ -205,7 +252,24 @@ class Collate:
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]
         batch["tokens"] = self.tokenizer(texts)
+        if NEGATIVE_CAPTION in examples[0]:  # one per example, matching no image
+            batch[NEGATIVE_CAPTION_TOKENS] = self.tokenizer([e[NEGATIVE_CAPTION] for e in examples])
+        if REGIONS in examples[0]:
+            batch.update(self._regions([e[REGIONS] for e in examples]))
         return batch
+
+    def _regions(self, per_example: list[list[Region]]) -> dict[str, Any]:
+        """Boxes ``[R, 4]``, the example each comes from, and each one's index into the
+        batch's distinct region captions (tokenised once each)."""
+        captions: dict[str, int] = {}
+        rows = [(i, box, captions.setdefault(text, len(captions)))
+                for i, regions in enumerate(per_example) for box, text in regions]  # fmt: skip
+        return {
+            REGION_BOXES: torch.tensor([box for _, box, _ in rows], dtype=torch.float32),
+            REGION_IMAGES: torch.tensor([i for i, _, _ in rows]),
+            REGION_CAPTION_IDS: torch.tensor([c for _, _, c in rows]),
+            REGION_TOKENS: self.tokenizer(list(captions)),
+        }
 
 
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

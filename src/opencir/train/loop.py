@@ -416,8 +416,12 @@ class Trainer:
         with _autocast(self.config, self.device):
             loss, value = self._loss(embeddings)
         grads = torch.autograd.grad(loss, [*embeddings, *self.params], allow_unused=True)
-        sizes = [len(part[0]) for part in parts]
-        per_batch = zip(*(_split(g, sizes) for g in grads[: len(embeddings)]), strict=True)
+        # per output column: its rows in each micro-batch (columns may differ in length)
+        sizes = [[len(part[column]) for part in parts] for column in range(len(embeddings))]
+        per_batch = zip(
+            *(_split(g, s) for g, s in zip(grads[: len(embeddings)], sizes, strict=True)),
+            strict=True,
+        )
         for i, (batch, state, cached) in enumerate(zip(batches, states, per_batch, strict=True)):
             last = i == len(batches) - 1
             set_rng_state(state)

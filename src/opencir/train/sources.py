@@ -14,7 +14,14 @@ from torch.utils.data import ConcatDataset, Dataset
 from opencir.data.collections import CollectionSpec, open_collection
 from opencir.data.triplets import open_triplets
 from opencir.train.config import TrainConfig
-from opencir.train.data import PairDataset, TripletDataset, TripletExample
+from opencir.train.data import (
+    NEGATIVE_CAPTION,
+    REGIONS,
+    PairDataset,
+    TripletDataset,
+    TripletExample,
+    parse_regions,
+)
 from opencir.train.writer_tasks import seed_dataset
 
 
@@ -27,22 +34,40 @@ def _triplet_dataset(paths: tuple[str, ...], limit: int | None) -> TripletDatase
     return TripletDataset(examples, load_image)
 
 
-def _collection_pairs(path: str, config: TrainConfig) -> tuple[list[tuple[str, str]], Any]:
-    """The (key, caption) pairs of one collection and its image loader."""
+def _collection_examples(
+    path: str, config: TrainConfig
+) -> tuple[list[tuple[str, str]], dict[str, list[Any]], Any]:
+    """One collection's (key, caption) pairs, what comes with each pair (its negative caption,
+    its regions: the fields ``data`` names, in pair order) and the image loader."""
     data = config.data
     where = (("split", data.split),) if data.split else ()
     collection = open_collection(CollectionSpec(path=path, where=where))
-    pairs = [
-        (item.key, str(item.meta[data.caption_field]))
-        for item in collection.items()
-        if item.meta.get(data.caption_field)
-    ]
-    if not pairs:
+    items = [item for item in collection.items() if item.meta.get(data.caption_field)]
+    if not items:
         raise ValueError(
             f"data.pairs {path!r} has no images with a {data.caption_field!r} caption"
             + (f" in split {data.split!r}" if data.split else "")
         )
-    return pairs, collection.load
+    pairs = [(item.key, str(item.meta[data.caption_field])) for item in items]
+    fields = {NEGATIVE_CAPTION: data.negative_caption_field, REGIONS: data.region_field}
+    extras = {
+        name: _pair_extra(name, field, items, path) for name, field in fields.items() if field
+    }
+    return pairs, extras, collection.load
+
+
+def _pair_extra(name: str, field: str, items: list[Any], path: str) -> list[Any]:
+    """Each item's ``field`` (a negative caption or its regions), checked."""
+    lacking = [item.key for item in items if not item.meta.get(field)]
+    if lacking:
+        raise ValueError(
+            f"data {field!r}: {len(lacking)} of the {len(items)} captioned images of "
+            f"{path!r} lack it (first: {lacking[0]!r}); every pair needs one "
+            "(recipes/miniature/scene_captions.py writes both fields for a ShapesCIR world)"
+        )
+    if name == REGIONS:
+        return [parse_regions(item.meta[field], f"{path!r} image {item.key!r}") for item in items]
+    return [str(item.meta[field]) for item in items]
 
 
 class _KeyedLoader:
@@ -63,13 +88,15 @@ def pair_dataset(config: TrainConfig) -> PairDataset:
         raise ValueError(
             f"the {config.stage} stage needs data.pairs (an image collection with captions)"
         )
-    pairs, load = _collection_pairs(data.pairs, config)
+    pairs, extras, load = _collection_examples(data.pairs, config)
     loaders = [load]
     for number, path in enumerate(data.extra_pairs, start=1):
-        extra, load = _collection_pairs(path, config)
+        extra, more, load = _collection_examples(path, config)
         pairs += [(f"{number}\0{key}", caption) for key, caption in extra]
+        for name, values in more.items():
+            extras[name] += values
         loaders.append(load)
-    return PairDataset(pairs, _KeyedLoader(loaders), with_images=config.stage != "lm")
+    return PairDataset(pairs, _KeyedLoader(loaders), config.stage != "lm", extras)
 
 
 def build_dataset(config: TrainConfig) -> tuple[Dataset, int, int]:

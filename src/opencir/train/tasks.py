@@ -29,7 +29,15 @@ from opencir.models.loading import BACKBONE_META, resolve_source
 from opencir.models.mllm import MLLMEmbedder
 from opencir.models.registry import create_model, init_vision_encoder, load
 from opencir.train.config import TrainConfig
-from opencir.train.data import PAIR_IMAGES, PAIR_TOKENS
+from opencir.train.data import (
+    NEGATIVE_CAPTION_TOKENS,
+    PAIR_IMAGES,
+    PAIR_TOKENS,
+    REGION_BOXES,
+    REGION_CAPTION_IDS,
+    REGION_IMAGES,
+    REGION_TOKENS,
+)
 from opencir.train.distributed import DistContext, gather_with_grad
 from opencir.train.fixed_targets import ROW_FIELDS
 from opencir.train.losses import (
@@ -37,6 +45,8 @@ from opencir.train.losses import (
     batch_contrastive_loss,
     clip_loss,
     pool_contrastive_loss,
+    region_caption_loss,
+    region_embeddings,
 )
 from opencir.train.provenance import training_records
 
@@ -133,15 +143,37 @@ class PretrainTask(Task):
         unused = {id(p) for p in tower.unused_parameters()}
         return [p for p in tower.parameters() if id(p) not in unused]
 
-    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and caption embeddings, the mined negative pairs (if any) after the batch's."""
+    def embeddings(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Image and caption embeddings, the mined negative pairs (if any) after the batch's;
+        then the hard negative captions' embeddings, if the config asks for them; then, for
+        the region loss, the regions' pooled patch embeddings, their distinct captions'
+        embeddings and each region's caption row (as a float tensor, like every output)."""
+        tower = self.model.tower
         images = batch["image"]
         if "negatives" in batch:  # their captions are already in ``tokens``, after the batch's
             images = torch.cat([images, batch["negatives"]])
-        return _pair_embeddings(self.model.tower, images, batch["tokens"])
+        states = tower.image_states(images)
+        pooled = nn.functional.normalize(tower.pool_image(states), dim=-1)
+        outputs: tuple[torch.Tensor, ...] = (pooled, _text_embeddings(tower, batch["tokens"]))
+        if self.config.data.negative_caption_field:
+            outputs += (_text_embeddings(tower, batch[NEGATIVE_CAPTION_TOKENS]),)
+        if self.config.region_loss_weight:
+            patches = tower.patch_embeddings(states)
+            regions = region_embeddings(patches, batch[REGION_BOXES], batch[REGION_IMAGES])
+            captions = _text_embeddings(tower, batch[REGION_TOKENS])
+            outputs += (regions, captions, batch[REGION_CAPTION_IDS].float())
+        return outputs
 
-    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], ctx: DistContext) -> torch.Tensor:
-        return _gathered_clip_loss(*outputs, self.model.tower.hf.logit_scale, ctx)
+    def loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:
+        scale = self.model.tower.hf.logit_scale
+        images, texts, *rest = outputs
+        negatives = rest.pop(0) if self.config.data.negative_caption_field else None
+        loss = _gathered_clip_loss(images, texts, negatives, scale=scale, ctx=ctx)
+        if self.config.region_loss_weight:  # this rank's regions among its own captions
+            regions, captions, caption_ids = rest
+            region_loss = region_caption_loss(regions, captions, caption_ids.long(), scale)
+            loss = loss + self.config.region_loss_weight * region_loss
+        return loss
 
     def encode_captions(self, captions: Sequence[str], device: torch.device) -> torch.Tensor:
         """Pooled text embeddings of ``captions`` (for mining hard negatives)."""
@@ -161,17 +193,30 @@ def _pair_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image and pooled caption embeddings of image–caption pairs."""
     image_embeddings = nn.functional.normalize(tower.encode_image(images), dim=-1)
+    return image_embeddings, _text_embeddings(tower, tokens)
+
+
+def _text_embeddings(tower: DualTower, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Normalised pooled embeddings of tokenised captions."""
     texts = tower.encode_text(tokens["input_ids"], tokens["attention_mask"]).pooled
-    return image_embeddings, nn.functional.normalize(texts, dim=-1)
+    return nn.functional.normalize(texts, dim=-1)
 
 
 def _gathered_clip_loss(
-    images: torch.Tensor, texts: torch.Tensor, scale: torch.Tensor, ctx: DistContext
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    negative_texts: torch.Tensor | None = None,
+    *,
+    scale: torch.Tensor,
+    ctx: DistContext,
 ) -> torch.Tensor:
-    """The CLIP loss of this rank's pairs against every rank's (``scale``: the log logit scale)."""
+    """The CLIP loss of this rank's pairs against every rank's (``scale``: the log logit
+    scale), every rank's hard negative captions among the image→text candidates."""
     offset = ctx.row_offset(images.shape[0])
     all_images, all_texts = gather_with_grad(images, ctx), gather_with_grad(texts, ctx)
-    return clip_loss(images, texts, all_images, all_texts, scale, offset)
+    if negative_texts is not None:
+        negative_texts = gather_with_grad(negative_texts, ctx)
+    return clip_loss(images, texts, all_images, all_texts, scale, offset, negative_texts)
 
 
 def save_backbone(model: CIRModel, directory: Path) -> None:
@@ -281,7 +326,7 @@ class CIRTask(Task):
             return self._cir_loss(outputs, ctx)
         *cir_outputs, images, texts = outputs
         scale = self.pair_tower.hf.logit_scale.detach()
-        pairs = _gathered_clip_loss(images, texts, scale, ctx)
+        pairs = _gathered_clip_loss(images, texts, scale=scale, ctx=ctx)
         return self._cir_loss(tuple(cir_outputs), ctx) + self.config.pair_loss_weight * pairs
 
     def _cir_loss(self, outputs: tuple[torch.Tensor, ...], ctx: DistContext) -> torch.Tensor:

@@ -191,6 +191,36 @@ def describe_scene(scene: Scene) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def object_regions(scene: Scene) -> list[dict[str, Any]]:
+    """Each object as a region: its grid cell as a box (fractions of the image) and a caption
+    without the place ("a large red circle"), for a region-level pretraining loss."""
+    regions = []
+    for obj in scene:
+        row, col = obj.cell
+        box = [col / 3, row / 3, (col + 1) / 3, (row + 1) / 3]
+        caption = f"{phrasing.article(obj.size)} {obj.colour} {obj.shape}"
+        regions.append({"box": [round(v, 6) for v in box], "caption": caption})
+    return regions
+
+
+def binding_swap(scene: Scene, rng: random.Random) -> Scene:
+    """A scene with the same colours and shapes bound differently: a hard negative caption's.
+
+    Two objects of different colours (and, where the scene has such a pair, different shapes)
+    trade colours — "a red circle and a blue star" becomes "a blue circle and a red star" —
+    so only the binding of colour to object tells the two scenes apart. A scene with one
+    colour gets one object recoloured instead.
+    """
+    pairs = [(a, b) for i, a in enumerate(scene) for b in scene[i + 1 :] if a.colour != b.colour]
+    unlike = [(a, b) for a, b in pairs if a.shape != b.shape]
+    if pairs:
+        a, b = rng.choice(unlike or pairs)
+        rest = [o for o in scene if o not in (a, b)]
+        return make_scene([*rest, a._replace(colour=b.colour), b._replace(colour=a.colour)])
+    obj = rng.choice(scene)
+    return _with(scene, obj, colour=_other_than("colour", obj.colour, rng=rng))
+
+
 def free_positions(scene: Scene) -> list[str]:
     taken = {o.position for o in scene}
     return [p for row in POSITIONS for p in row if p not in taken]
