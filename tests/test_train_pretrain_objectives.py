@@ -91,6 +91,20 @@ def test_a_swap_prefers_objects_of_different_shapes() -> None:
         assert star.colour == "blue"  # only the blue circle and the red star differ in both
 
 
+def test_a_shape_change_changes_one_shape_only() -> None:
+    from opencir.data.worlds.shapes import shape_change
+
+    rng = random.Random(1)
+    scene = make_scene(
+        [Obj("circle", "red", "small", "top left"), Obj("star", "blue", "large", "top")]
+    )
+    for _ in range(50):
+        changed = [(a, b) for a, b in zip(scene, shape_change(scene, rng), strict=True) if a != b]
+        assert len(changed) == 1
+        before, after = changed[0]
+        assert after.shape != before.shape and after._replace(shape=before.shape) == before
+
+
 def test_object_regions_are_the_grid_cells_with_placeless_captions() -> None:
     scene = make_scene(
         [Obj("hexagon", "red", "large", "bottom right"), Obj("star", "pink", "small", "top")]
@@ -110,6 +124,9 @@ def test_writing_the_captions_is_repeatable(captioned_world: Path) -> None:
         scene = make_scene([Obj(**o) for o in row["attributes"]["objects"]])
         assert row["regions"] == object_regions(scene)
         assert row["alt_text_swapped"] != row["alt_text"]
+        assert row["alt_text_negatives"][0] == row["alt_text_swapped"]
+        reshaped = row["alt_text_negatives"][1]
+        assert reshaped != row["alt_text"] and len(reshaped) > 0
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -181,8 +198,8 @@ def test_a_batch_carries_each_pairs_negative_caption_and_regions(captioned_world
         json.loads(line) for line in (captioned_world / "images.jsonl").read_text().splitlines()
     ]
     examples = [build_dataset(trainer.config)[0][i] for i in range(3)]
-    assert [e["negative_caption"] for e in examples] == [
-        next(r["alt_text_swapped"] for r in rows if r["alt_text"] == e["text"]) for e in examples
+    assert [e["negative_captions"] for e in examples] == [
+        [next(r["alt_text_swapped"] for r in rows if r["alt_text"] == e["text"])] for e in examples
     ]
     n_regions = len(batch[REGION_IMAGES])
     assert batch[REGION_BOXES].shape == (n_regions, 4)
@@ -214,10 +231,11 @@ def test_the_region_loss_teaches_patches_their_captions(captioned_world, tmp_pat
 
 
 def test_negative_captions_and_mined_pairs_train_with_grad_accum(captioned_world, tmp_path) -> None:
-    """Two micro-batches give the whole batch's loss when the negative captions (one per
-    pair) and the mined pairs (two rows per pair) make columns of different lengths."""
+    """Two micro-batches give the whole batch's loss when the negative captions (two per
+    pair) and the mined pairs (two rows per pair) make columns of other lengths than the
+    batch."""
     data = DataConfig(pairs=str(captioned_world / "images.jsonl"),
-                      negative_caption_field="alt_text_swapped")  # fmt: skip
+                      negative_caption_field="alt_text_negatives")  # fmt: skip
     optim = OptimConfig(lr=1e-3, warmup_steps=1, eps=1e-3)
     # sum-tiny: no dropout, so the two partitions of the batch draw the same network
     base = _pretrain(tmp_path, data, model="sum-tiny", hard_negatives=1, optim=optim)
@@ -252,6 +270,16 @@ def test_bad_settings_and_data_are_refused(captioned_world, world, tmp_path) -> 
     )
     with pytest.raises(ValueError, match=r"'alt_text_swapped'.* lack it"):
         train(plain, progress=False)
+    broken = tmp_path / "broken"
+    shutil.copytree(captioned_world, broken)
+    rows = [json.loads(line) for line in (broken / "images.jsonl").read_text().splitlines()]
+    next(r for r in rows if r["split"] == "train")["alt_text_negatives"] = ["fine", 3]
+    (broken / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bad = DataConfig(
+        pairs=str(broken / "images.jsonl"), negative_caption_field="alt_text_negatives"
+    )
+    with pytest.raises(ValueError, match="expected a caption or a list of them"):
+        train(_pretrain(tmp_path, bad), progress=False)
 
 
 def test_malformed_regions_are_named() -> None:

@@ -7,6 +7,8 @@
   differently). Pretraining with ``data.negative_caption_field=alt_text_swapped`` makes it a
   hard negative of its image (NegCLIP). The swap is drawn from the image id, so rewriting
   gives the same file.
+- ``alt_text_negatives``: that caption and the alt text with one object's shape changed
+  (``shape_change``), both hard negatives with ``data.negative_caption_field=alt_text_negatives``.
 - ``regions``: one ``{"box", "caption"}`` per object — its grid cell as a box in fractions of
   the image, and "a large red hexagon" — for the region loss (``data.region_field=regions``
   with ``region_loss_weight``).
@@ -21,7 +23,9 @@ with its 95% bootstrap CI (chance 50%).
 over the patches of each object's grid cell, after every block, is read by a linear probe
 (multinomial logistic regression) fitted on the objects of the split's first 70% of images
 and scored on the rest — shape (six classes, chance 1/6) and colour (eight, 1/8), each with
-its 95% bootstrap CI over the scored objects. A query encoder that edits "the hexagon" by
+its 95% bootstrap CI over the scored objects; and, with no fitting, each object's region
+embedding (what the region loss trains) is matched to the nearest of the world's 96 object
+captions, scored by size, colour and shape. A query encoder that edits "the hexagon" by
 cross-attention from the image tokens to the text needs the hexagon's tokens to know they
 are one.
 
@@ -43,17 +47,22 @@ import torch
 from PIL import Image
 
 from opencir.atomic import atomic_open
+from opencir.data.worlds.phrasing import article
 from opencir.data.worlds.shapes import (
+    COLOURS,
+    SHAPES,
+    SIZES,
     Obj,
     binding_swap,
     describe_scene,
     make_scene,
     object_regions,
+    shape_change,
 )
 from opencir.eval.probes import fit_linear_probe
 from opencir.eval.stats import summarize
 from opencir.models import load_model
-from opencir.train.losses import region_weights
+from opencir.train.losses import region_embeddings, region_weights
 
 
 def swapped_caption(record: dict, seed: str) -> str:
@@ -69,6 +78,8 @@ def write(world: Path) -> int:
     for record in records:
         record["alt_text_swapped"] = swapped_caption(record, f"binding-{record['id']}")
         scene = make_scene([Obj(**o) for o in record["attributes"]["objects"]])
+        reshaped = describe_scene(shape_change(scene, random.Random(f"shape-{record['id']}")))
+        record["alt_text_negatives"] = [record["alt_text_swapped"], reshaped]
         record["regions"] = object_regions(scene)
     with atomic_open(path, "w") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
@@ -98,13 +109,14 @@ def probe(world: Path, backbone: str, split: str, limit: int, batch_size: int = 
 def cell_features(
     world: Path, backbone: str, split: str, limit: int, batch_size: int = 250
 ) -> tuple[list[torch.Tensor], list[dict]]:
-    """Per block of the ViT, ``[objects, width]`` mean patch tokens of each object's cell;
+    """Per block of the ViT, ``[objects, width]`` mean patch tokens of each object's cell,
+    then the region embeddings (the region loss's: the projected patches pooled, normalised);
     and the objects (with ``image``: the index of their image), in the same order."""
     model = load_model("image-only-vit-mini-minilm", pretrained=backbone).eval()
     tower = model.tower
     lines = (world / "images.jsonl").read_text().splitlines()
     records = [r for r in map(json.loads, lines) if r["split"] == split][:limit]
-    per_block: list[list[torch.Tensor]] = [[] for _ in tower.vision_layers]
+    per_block: list[list[torch.Tensor]] = [[] for _ in range(len(tower.vision_layers) + 1)]
     objects: list[dict] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
@@ -120,8 +132,8 @@ def cell_features(
         x = tower.vision_tokens(pixels)
         for block in range(len(tower.vision_layers)):
             x = tower.run_block(block, x)
-            pooled = cell_means(x[:, 1:], boxes_t, images_t)
-            per_block[block].append(pooled)
+            per_block[block].append(cell_means(x[:, 1:], boxes_t, images_t))
+        per_block[-1].append(region_embeddings(tower.patch_embeddings(x), boxes_t, images_t))
     return [torch.cat(rows) for rows in per_block], objects
 
 
@@ -130,6 +142,24 @@ def cell_means(patches: torch.Tensor, boxes: torch.Tensor, images: torch.Tensor)
     normalises)."""
     weights = region_weights(patches.shape[1], boxes)
     return torch.einsum("rn,rnd->rd", weights, patches[images])
+
+
+@torch.no_grad()
+def region_caption_hits(
+    regions: torch.Tensor, objects: list[dict], backbone: str
+) -> dict[str, list[float]]:
+    """Each object's region embedding matched against the text embeddings of every object
+    caption the world can say ("a small red circle": 2 sizes × 8 colours × 6 shapes); per
+    attribute, 1.0/0.0 per object: the best caption says it right."""
+    text_model = load_model("text-only-vit-mini-minilm", pretrained=backbone).eval()
+    captions = [(size, colour, shape) for size in SIZES for colour in COLOURS for shape in SHAPES]
+    words = [f"{article(size)} {colour} {shape}" for size, colour, shape in captions]
+    blank = [Image.new("RGB", (8, 8))] * len(words)  # the text-only query ignores the image
+    best = (regions @ text_model.encode_query(blank, words).T).argmax(1).tolist()
+    return {
+        field: [float(captions[b][i] == o[field]) for b, o in zip(best, objects, strict=True)]
+        for i, field in enumerate(("size", "colour", "shape"))
+    }
 
 
 def patch_probe(features: torch.Tensor, objects: list[dict], field: str) -> list[float]:
@@ -165,7 +195,7 @@ def main() -> None:
     q.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.command == "write":
-        print(f"{write(args.world)} images: alt_text_swapped and regions written")
+        print(f"{write(args.world)} images: alt_text_swapped, alt_text_negatives, regions written")
         return
     if args.command == "patches":
         report_patches(args)
@@ -183,12 +213,18 @@ def main() -> None:
 def report_patches(args: argparse.Namespace) -> None:
     """Print (and with ``--out`` write) the patch probe's accuracies, block by block."""
     features, objects = cell_features(args.world, args.backbone, args.split, args.limit)
+    *blocks, regions = features
     result: dict = {"backbone": args.backbone, "blocks": []}
-    for block, x in enumerate(features, start=1):
+    for block, x in enumerate(blocks, start=1):
         row = {field: patch_probe(x, objects, field) for field in ("shape", "colour")}
         result["blocks"].append(row)
         text = ", ".join(f"{field} {_percent(hits)}" for field, hits in row.items())
         print(f"block {block}: {text} of {len(row['shape'])} objects")
+    result["region_captions"] = region_caption_hits(regions, objects, args.backbone)
+    text = ", ".join(
+        f"{field} {_percent(hits)}" for field, hits in result["region_captions"].items()
+    )
+    print(f"region embedding → nearest of the 96 object captions: {text}")
     if args.out:
         args.out.write_text(json.dumps(result) + "\n")
 

@@ -24,10 +24,11 @@ class DataConfig:
     field) and from every collection of ``extra_pairs`` beside it (e.g. a ShapesCIR world in the
     XKCD palette for a wider colour vocabulary); ``split`` and ``caption_field`` apply to each.
     ``cir`` reads them too when ``pair_loss_weight`` is set. ``negative_caption_field``
-    (pretrain) names a field of every captioned image holding a caption that does *not*
-    describe it — e.g. a ShapesCIR scene with two objects' colours swapped
-    (``opencir.data.worlds.shapes.binding_swap``) — added as a hard negative to that image's
-    image→text softmax, so the image tower must bind attributes to objects (NegCLIP).
+    (pretrain) names a field of every captioned image holding a caption (or a list of them)
+    that does *not* describe it — e.g. a ShapesCIR scene with two objects' colours swapped
+    (``opencir.data.worlds.shapes.binding_swap``) or one object's shape changed — added as
+    hard negatives to the image→text softmax, so the image tower must bind attributes to
+    objects and tell the attributes the captions differ in apart (NegCLIP).
     ``region_field`` (pretrain, with ``region_loss_weight``) names a field listing regions of
     the image, each ``{"box": [x0, y0, x1, y1], "caption": ...}`` (box in fractions of the
     image's width and height), e.g. one per object of a ShapesCIR scene, for the region loss.

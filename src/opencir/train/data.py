@@ -24,7 +24,7 @@ ImageLoader = Callable[[str], Image.Image]
 PAIR_IMAGES, PAIR_TOKENS = "pair_image", "pair_tokens"
 # pretraining's extras: a hard negative caption per pair (``data.negative_caption_field``) and
 # regions with their own captions (``data.region_field``); the batch fields they become
-NEGATIVE_CAPTION, REGIONS = "negative_caption", "regions"
+NEGATIVE_CAPTION, REGIONS = "negative_captions", "regions"
 NEGATIVE_CAPTION_TOKENS = "negative_caption_tokens"
 REGION_BOXES, REGION_IMAGES = "region_boxes", "region_images"
 REGION_CAPTION_IDS, REGION_TOKENS = "region_caption_ids", "region_tokens"
@@ -105,7 +105,7 @@ class PairDataset(Dataset):
     """Image–caption pairs for the image–text pretraining stage (captions only for ``lm``).
 
     ``extras`` maps an example field to one value per pair, in order: ``NEGATIVE_CAPTION``
-    (a caption that does not describe the pair's image: a hard negative of its image→text
+    (captions that do not describe the pair's image: hard negatives of the image→text
     softmax, ``data.negative_caption_field``) and ``REGIONS`` (its ``(box, caption)`` list,
     ``data.region_field``).
     """
@@ -252,8 +252,9 @@ class Collate:
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]
         batch["tokens"] = self.tokenizer(texts)
-        if NEGATIVE_CAPTION in examples[0]:  # one per example, matching no image
-            batch[NEGATIVE_CAPTION_TOKENS] = self.tokenizer([e[NEGATIVE_CAPTION] for e in examples])
+        if NEGATIVE_CAPTION in examples[0]:  # captions matching no image, any number each
+            negatives = [text for e in examples for text in e[NEGATIVE_CAPTION]]
+            batch[NEGATIVE_CAPTION_TOKENS] = self.tokenizer(negatives)
         if REGIONS in examples[0]:
             batch.update(self._regions([e[REGIONS] for e in examples]))
         return batch

@@ -67,7 +67,17 @@ def _pair_extra(name: str, field: str, items: list[Any], path: str) -> list[Any]
         )
     if name == REGIONS:
         return [parse_regions(item.meta[field], f"{path!r} image {item.key!r}") for item in items]
-    return [str(item.meta[field]) for item in items]
+    return [_captions(item.meta[field], f"{path!r} image {item.key!r}") for item in items]
+
+
+def _captions(value: Any, where: str) -> list[str]:
+    """A negative-caption field: one caption or a list of them."""
+    captions = [value] if isinstance(value, str) else value
+    if not isinstance(captions, list) or not all(isinstance(c, str) and c for c in captions):
+        raise ValueError(
+            f"negative captions of {where}: expected a caption or a list of them, got {value!r}"
+        )
+    return captions
 
 
 class _KeyedLoader:

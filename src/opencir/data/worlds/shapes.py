@@ -221,6 +221,13 @@ def binding_swap(scene: Scene, rng: random.Random) -> Scene:
     return _with(scene, obj, colour=_other_than("colour", obj.colour, rng=rng))
 
 
+def shape_change(scene: Scene, rng: random.Random) -> Scene:
+    """The scene with one object's shape changed: a hard negative caption that only the
+    object's shape tells apart from the image."""
+    obj = rng.choice(scene)
+    return _with(scene, obj, shape=_other_than("shape", obj.shape, rng=rng))
+
+
 def free_positions(scene: Scene) -> list[str]:
     taken = {o.position for o in scene}
     return [p for row in POSITIONS for p in row if p not in taken]
