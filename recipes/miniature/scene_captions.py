@@ -179,20 +179,19 @@ def patch_probe(features: torch.Tensor, objects: list[dict], field: str) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("write", help="add both fields to a world's images.jsonl")
+    w = sub.add_parser("write", help="add the three fields to a world's images.jsonl")
     w.add_argument("world", type=Path)
-    p = sub.add_parser("probe", help="own alt text vs swapped: how often the image prefers its own")
-    p.add_argument("world", type=Path)
-    p.add_argument("backbone")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=2000)
-    p.add_argument("--out", type=Path)
-    q = sub.add_parser("patches", help="what the patch tokens of an object's cell know of it")
-    q.add_argument("world", type=Path)
-    q.add_argument("backbone")
-    q.add_argument("--split", default="test")
-    q.add_argument("--limit", type=int, default=2000)
-    q.add_argument("--out", type=Path)
+    probes = {
+        "probe": "own alt text vs swapped: how often the image prefers its own",
+        "patches": "what the patch tokens of an object's cell know of it",
+    }
+    for name, help_text in probes.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("world", type=Path)
+        p.add_argument("backbone")
+        p.add_argument("--split", default="test")
+        p.add_argument("--limit", type=int, default=2000)
+        p.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.command == "write":
         print(f"{write(args.world)} images: alt_text_swapped, alt_text_negatives, regions written")
