@@ -22,9 +22,9 @@ from opencir.train.text_noise import SynonymTable, noise_batch_texts
 ImageLoader = Callable[[str], Image.Image]
 # the batch fields of the image–caption pairs a cir step also trains on (``pair_loss_weight``)
 PAIR_IMAGES, PAIR_TOKENS = "pair_image", "pair_tokens"
-# pretraining's extras: a hard negative caption per pair (``data.negative_caption_field``) and
+# pretraining's extras: hard negative captions per pair (``data.negative_caption_field``) and
 # regions with their own captions (``data.region_field``); the batch fields they become
-NEGATIVE_CAPTION, REGIONS = "negative_captions", "regions"
+NEGATIVE_CAPTIONS, REGIONS = "negative_captions", "regions"
 NEGATIVE_CAPTION_TOKENS = "negative_caption_tokens"
 REGION_BOXES, REGION_IMAGES = "region_boxes", "region_images"
 REGION_CAPTION_IDS, REGION_TOKENS = "region_caption_ids", "region_tokens"
@@ -104,7 +104,7 @@ class TripletDataset(Dataset):
 class PairDataset(Dataset):
     """Image–caption pairs for the image–text pretraining stage (captions only for ``lm``).
 
-    ``extras`` maps an example field to one value per pair, in order: ``NEGATIVE_CAPTION``
+    ``extras`` maps an example field to one value per pair, in order: ``NEGATIVE_CAPTIONS``
     (captions that do not describe the pair's image: hard negatives of the image→text
     softmax, ``data.negative_caption_field``) and ``REGIONS`` (its ``(box, caption)`` list,
     ``data.region_field``).
@@ -252,8 +252,8 @@ class Collate:
         # pretraining's mined pairs: their captions follow the batch's, in "negatives" order
         texts += [text for e in examples for text in e.get("negative_texts", ())]
         batch["tokens"] = self.tokenizer(texts)
-        if NEGATIVE_CAPTION in examples[0]:  # captions matching no image, any number each
-            negatives = [text for e in examples for text in e[NEGATIVE_CAPTION]]
+        if NEGATIVE_CAPTIONS in examples[0]:  # captions matching no image, any number each
+            negatives = [text for e in examples for text in e[NEGATIVE_CAPTIONS]]
             batch[NEGATIVE_CAPTION_TOKENS] = self.tokenizer(negatives)
         if REGIONS in examples[0]:
             batch.update(self._regions([e[REGIONS] for e in examples]))

@@ -15,7 +15,7 @@ from opencir.data.collections import CollectionSpec, open_collection
 from opencir.data.triplets import open_triplets
 from opencir.train.config import TrainConfig
 from opencir.train.data import (
-    NEGATIVE_CAPTION,
+    NEGATIVE_CAPTIONS,
     REGIONS,
     PairDataset,
     TripletDataset,
@@ -49,7 +49,7 @@ def _collection_examples(
             + (f" in split {data.split!r}" if data.split else "")
         )
     pairs = [(item.key, str(item.meta[data.caption_field])) for item in items]
-    fields = {NEGATIVE_CAPTION: data.negative_caption_field, REGIONS: data.region_field}
+    fields = {NEGATIVE_CAPTIONS: data.negative_caption_field, REGIONS: data.region_field}
     extras = {
         name: _pair_extra(name, field, items, path) for name, field in fields.items() if field
     }
