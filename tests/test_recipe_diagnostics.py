@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 import torch
 
 from opencir.eval.benchmarks import load_benchmark
@@ -167,3 +169,60 @@ def test_the_survey_synonym_table_holds_no_val_or_test_colour_word() -> None:
     assert "liliac" not in table["purple"]  # one letter from the test register's "lilac"
     tight = script.survey_synonyms(max_distance=10.0)
     assert all(set(tight[c]) <= set(table[c]) for c in table) and sum(map(len, tight.values())) < 40
+
+
+def test_the_ensemble_scores_the_mean_of_its_members_cosine_similarities() -> None:
+    ensemble_type = _script("ensemble").SimilarityEnsemble
+    generator = torch.Generator().manual_seed(0)
+
+    class Fixed:  # a member with fixed, unnormalised query and target embeddings
+        def __init__(self) -> None:
+            self.queries = torch.randn(3, 5, generator=generator)
+            self.targets = torch.randn(4, 5, generator=generator)
+
+        def encode_query(self, images, texts):
+            return self.queries
+
+        def encode_target(self, images):
+            return self.targets
+
+    members = [Fixed(), Fixed(), Fixed()]
+    ensemble = ensemble_type(members)
+    queries, targets = ensemble.encode_query([], ["a"] * 3), ensemble.encode_target([])
+    cosine = torch.nn.functional.cosine_similarity
+    expected = torch.stack(
+        [cosine(m.queries[:, None], m.targets[None], dim=-1) for m in members]
+    ).mean(0)
+    assert torch.allclose(queries @ targets.T, expected, atol=1e-6)
+    assert torch.allclose(targets.norm(dim=-1), torch.ones(4), atol=1e-6)
+    assert ensemble.fingerprint() != ensemble_type(members[:2]).fingerprint()
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble_type(members[:1])
+
+
+def test_the_oracle_misses_are_told_apart_by_how_the_scene_differs() -> None:
+    difference = _script("caption_oracle").scene_difference
+
+    def obj(position: str, shape: str = "circle", colour: str = "red", size: str = "small"):
+        return {"position": position, "shape": shape, "colour": colour, "size": size}
+
+    target = [obj("top"), obj("center", "star", "blue", "large")]
+    assert difference(target, [obj("top"), obj("center", "star", "blue", "large")]) == "none"
+    assert difference(target, [obj("top"), obj("center", "square", "blue", "large")]) == "shape"
+    recoloured = [obj("top", colour="green"), obj("center", "hexagon", "blue", "small")]
+    assert difference(target, recoloured) == "colour + shape + size"
+    assert difference(target, [obj("top"), obj("left", "star", "blue", "large")]) == (
+        "places or number"
+    )
+    assert difference(target, [obj("top")]) == "places or number"
+
+
+def test_the_oracle_counts_each_missed_query_once(world: Path) -> None:
+    oracle = _script("caption_oracle")
+    split = load_benchmark("shapescir", str(world), "val")
+    queries = split.queries[:4]
+    # the first two queries rank a target first, the other two their reference
+    rankings = {q.id: [q.targets[0]] for q in queries[:2]}
+    rankings |= {q.id: [q.reference] for q in queries[2:]}
+    kinds = oracle.miss_kinds(replace(split, queries=queries), rankings, world)
+    assert sum(kinds.values()) == 2 and "none" not in kinds

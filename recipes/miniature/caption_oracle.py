@@ -6,10 +6,12 @@ gallery, ground truth and protocol are the split's. The alt text names every obj
 target scene, so this is the best any query encoder can hope for if it learns to say the edited
 scene in the backbone's joint space: when even it misses the target at R@1, the gallery
 embedding cannot tell the target from its near misses, and no composed-retrieval training on
-top of that backbone's target side can rank it first. Prints the split's metrics table.
+top of that backbone's target side can rank it first. Prints the split's metrics table and,
+with ``--misses`` (ShapesCIR), how the first result of each missed query differs from its
+target scene: in the objects' places or number, or — same places — in which attributes.
 
     .venv/bin/python recipes/miniature/caption_oracle.py WORLD BACKBONE [--benchmark shapescir] \\
-        [--split val] [--out FILE.json] [--cache-dir DIR]
+        [--split val] [--out FILE.json] [--cache-dir DIR] [--misses]
 
 BACKBONE is a backbone folder (``opencir train`` stage ``pretrain`` writes ``OUT/backbone``)
 or an OpenCIR checkpoint folder, as ``opencir eval --pretrained`` takes it.
@@ -18,6 +20,7 @@ or an OpenCIR checkpoint folder, as ``opencir eval --pretrained`` takes it.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +41,37 @@ def oracle_split(split: BenchmarkSplit, root: Path) -> BenchmarkSplit:
     return replace(split, queries=queries)
 
 
+def scene_difference(target: list[dict], found: list[dict]) -> str:
+    """How a found scene differs from the target one (ShapesCIR objects: shape, colour, size,
+    position): ``"places or number"`` when the objects do not stand in the same places, else
+    the attributes that differ anywhere ("shape", "colour + shape", ...; "none": the same
+    scene in another rendering)."""
+    at = {o["position"]: o for o in target}
+    there = {o["position"]: o for o in found}
+    if at.keys() != there.keys():
+        return "places or number"
+    fields = ("colour", "shape", "size")
+    differ = [f for f in fields if any(at[p][f] != there[p][f] for p in at)]
+    return " + ".join(differ) or "none"
+
+
+def miss_kinds(
+    split: BenchmarkSplit, rankings: dict[str, list[str]], root: Path
+) -> collections.Counter:
+    """Per kind of :func:`scene_difference`, how many queries rank that kind of scene first
+    instead of a target."""
+    objects = {}
+    for line in (root / "images.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        objects[row["id"]] = row["attributes"]["objects"]
+    kinds: collections.Counter = collections.Counter()
+    for query in split.queries:
+        first = rankings[query.id][0]
+        if first not in query.targets:
+            kinds[scene_difference(objects[query.targets[0]], objects[first])] += 1
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("world", type=Path, help="world root (images.jsonl)")
@@ -47,6 +81,9 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     parser.add_argument("--cache-dir", help="gallery embedding cache")
+    parser.add_argument(
+        "--misses", action="store_true", help="how each missed query's first result differs"
+    )
     args = parser.parse_args()
     if not (args.world / "images.jsonl").is_file():
         raise SystemExit(f"{args.world} is not a world folder: no images.jsonl in it")
@@ -56,6 +93,11 @@ def main() -> None:
     print(result.format_table())
     if args.out:
         result.to_json(args.out)
+    if args.misses:
+        kinds = miss_kinds(split, result.rankings, args.world)
+        print(f"first result of the {sum(kinds.values())} missed queries, against the target:")
+        for kind, count in kinds.most_common():
+            print(f"  {kind}: {count}")
 
 
 if __name__ == "__main__":
