@@ -87,6 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.world / "images.jsonl").is_file():
         raise SystemExit(f"{args.world} is not a world folder: no images.jsonl in it")
+    if args.misses and args.benchmark != "shapescir":
+        raise SystemExit(f"--misses reads ShapesCIR scenes; --benchmark is {args.benchmark}")
     split = oracle_split(load_benchmark(args.benchmark, str(args.world), args.split), args.world)
     model = load_model(args.model, pretrained=args.backbone)
     result = evaluate(model, split, cache_dir=args.cache_dir)
