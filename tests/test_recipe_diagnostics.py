@@ -32,7 +32,8 @@ def _alt_texts(world: Path) -> dict[str, str]:
 
 def test_the_caption_oracle_asks_each_query_with_its_target_description(world: Path) -> None:
     split = load_benchmark("shapescir", str(world), "val")
-    oracle = _script("caption_oracle").oracle_split(split, world)
+    script = _script("caption_oracle")
+    oracle = script.oracle_split(split, script.world_images(world))
     alt = _alt_texts(world)
     assert len(oracle.queries) == len(split.queries) > 0
     for asked, original in zip(oracle.queries, split.queries, strict=True):
@@ -224,5 +225,5 @@ def test_the_oracle_counts_each_missed_query_once(world: Path) -> None:
     # the first two queries rank a target first, the other two their reference
     rankings = {q.id: [q.targets[0]] for q in queries[:2]}
     rankings |= {q.id: [q.reference] for q in queries[2:]}
-    kinds = oracle.miss_kinds(replace(split, queries=queries), rankings, world)
+    kinds = oracle.miss_kinds(replace(split, queries=queries), rankings, oracle.world_images(world))
     assert sum(kinds.values()) == 2 and "none" not in kinds

@@ -31,12 +31,16 @@ from opencir.eval.evaluate import evaluate
 from opencir.models import load_model
 
 
-def oracle_split(split: BenchmarkSplit, root: Path) -> BenchmarkSplit:
-    """``split`` with every query's text replaced by its first target's alt text."""
-    alt_text = {}
-    for line in (root / "images.jsonl").open(encoding="utf-8"):
-        row = json.loads(line)
-        alt_text[row["id"]] = row["alt_text"]
+def world_images(root: Path) -> dict[str, dict]:
+    """The world's ``images.jsonl`` rows by image id."""
+    rows = (json.loads(line) for line in (root / "images.jsonl").open(encoding="utf-8"))
+    return {row["id"]: row for row in rows}
+
+
+def oracle_split(split: BenchmarkSplit, images: dict[str, dict]) -> BenchmarkSplit:
+    """``split`` with every query's text replaced by its first target's alt text (``images``:
+    :func:`world_images`)."""
+    alt_text = {key: row["alt_text"] for key, row in images.items()}
     queries = [replace(q, text=alt_text[q.targets[0]]) for q in split.queries if q.targets]
     return replace(split, queries=queries)
 
@@ -56,14 +60,11 @@ def scene_difference(target: list[dict], found: list[dict]) -> str:
 
 
 def miss_kinds(
-    split: BenchmarkSplit, rankings: dict[str, list[str]], root: Path
+    split: BenchmarkSplit, rankings: dict[str, list[str]], images: dict[str, dict]
 ) -> collections.Counter:
     """Per kind of :func:`scene_difference`, how many queries rank that kind of scene first
-    instead of a target."""
-    objects = {}
-    for line in (root / "images.jsonl").open(encoding="utf-8"):
-        row = json.loads(line)
-        objects[row["id"]] = row["attributes"]["objects"]
+    instead of a target (``images``: :func:`world_images`)."""
+    objects = {key: row["attributes"]["objects"] for key, row in images.items()}
     kinds: collections.Counter = collections.Counter()
     for query in split.queries:
         first = rankings[query.id][0]
@@ -89,14 +90,15 @@ def main() -> None:
         raise SystemExit(f"{args.world} is not a world folder: no images.jsonl in it")
     if args.misses and args.benchmark != "shapescir":
         raise SystemExit(f"--misses reads ShapesCIR scenes; --benchmark is {args.benchmark}")
-    split = oracle_split(load_benchmark(args.benchmark, str(args.world), args.split), args.world)
+    images = world_images(args.world)
+    split = oracle_split(load_benchmark(args.benchmark, str(args.world), args.split), images)
     model = load_model(args.model, pretrained=args.backbone)
     result = evaluate(model, split, cache_dir=args.cache_dir)
     print(result.format_table())
     if args.out:
         result.to_json(args.out)
     if args.misses:
-        kinds = miss_kinds(split, result.rankings, args.world)
+        kinds = miss_kinds(split, result.rankings, images)
         print(f"first result of the {sum(kinds.values())} missed queries, against the target:")
         for kind, count in kinds.most_common():
             print(f"  {kind}: {count}")

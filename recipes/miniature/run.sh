@@ -30,7 +30,7 @@ case "$WORLD" in
           GT_TRAIN=("freeze=[text_model.embeddings,text_model.encoder.layer.0.,text_model.encoder.layer.1.,text_model.encoder.layer.2.]")
           FULL_PAIRS=16000 FULL_SCALING="1000 2000 4000 8000"
           # pretraining goes on for 3,000 more steps from a fresh warm-up (docs/RESULTS.md
-          # "A longer-trained backbone", chosen on held-out-phrasing val)
+          # "Ensembles, and a longer-trained backbone", chosen on held-out-phrasing val)
           MORE_PRETRAIN=(steps=3000 optim.lr=5e-4) ;;
   emoji)  BENCHMARK=emojicir GT_SPLIT=val
           FULL_WORLD_ARGS="--queries 1000 --val-queries 300"
@@ -83,9 +83,11 @@ backbone_rows() {  # backbone_rows SEED: pretraining with SEED, image-only and s
   pre=$(seeded pretrain "$1")
   train "$pre" "$RECIPES/pretrain.yaml" data.pairs="$W/images.jsonl" seed="$1"
   if [ ${#MORE_PRETRAIN[@]} -gt 0 ]; then  # the continuation starts from the first run's model
-    train "$(seeded pretrain-more "$1")" "$RECIPES/pretrain.yaml" data.pairs="$W/images.jsonl" \
+    local more
+    more=$(seeded pretrain-more "$1")
+    train "$more" "$RECIPES/pretrain.yaml" data.pairs="$W/images.jsonl" \
       seed="$1" pretrained="$OUT/$pre/final" text_init=null "${MORE_PRETRAIN[@]}"
-    pre=$(seeded pretrain-more "$1")
+    pre=$more
   fi
   for method in image-only sum; do
     evaluate "$(seeded "$method" "$1")" "$method-vit-mini-minilm" --pretrained "$OUT/$pre/backbone"
