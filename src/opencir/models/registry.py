@@ -47,6 +47,7 @@ from opencir.models.mllm import (
     put_vision_encoder,
 )
 from opencir.models.reformulation import InstructCIR
+from opencir.models.regrid import input_scale, regrid_tower
 from opencir.models.tokenizer import byte_level_mllm_tokenizer
 
 METHOD_CLASSES: dict[str, type[CIRModel]] = {
@@ -175,14 +176,18 @@ def checkpoint_backbone(
             f"methods only; {config.name!r} and the checkpoint's {saved.name!r} must both be one"
         )
     wanted, have = split_name(config.name)[1], _registered_backbone(saved.name)
-    if have is not None and have != wanted:
+    larger_input = have is not None and have != wanted
+    architectures = saved.backbone.architecture, config.backbone.architecture
+    if larger_input and input_scale(*architectures) is None:
         raise ValueError(
             f"pretrained={directory!r} holds a {have} backbone, not {wanted}; "
             f"use {config.method}-{have}"
         )
     model = load(directory)
-    tower = dual_tower(model)
-    backbone = dataclasses.replace(saved.backbone, pretrained=str(directory))
+    tower, backbone = dual_tower(model), saved.backbone
+    if larger_input:  # the same tower at a larger input, same token grid (opencir.models.regrid)
+        tower, backbone = regrid_tower(tower, backbone, config.backbone)
+    backbone = dataclasses.replace(backbone, pretrained=str(directory))
     return tower, backbone, model.tokenizer
 
 
