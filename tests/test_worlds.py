@@ -102,6 +102,20 @@ def test_shapes_deterministic_by_seed(tmp_path: Path) -> None:
     assert a["images.jsonl"] != c["images.jsonl"]
 
 
+def test_shapes_at_another_image_size_is_the_same_world(tmp_path: Path) -> None:
+    generate_shapes_world(tmp_path / "64", seed=11, **SMALL_SHAPES)
+    generate_shapes_world(tmp_path / "128", seed=11, image_size=128, **SMALL_SHAPES)
+    small, large = _all_bytes(tmp_path / "64"), _all_bytes(tmp_path / "128")
+    listed = [name for name in small if name.endswith(".jsonl")]
+    assert "images.jsonl" in listed and "queries.test.jsonl" in listed
+    assert all(small[name] == large[name] for name in listed)
+    first = json.loads(small["images.jsonl"].splitlines()[0])["file"]
+    with Image.open(tmp_path / "64" / first) as a, Image.open(tmp_path / "128" / first) as b:
+        assert (a.size, b.size) == ((64, 64), (128, 128))
+        pooled = np.asarray(b.convert("RGB"), dtype=float).reshape(64, 2, 64, 2, 3).mean((1, 3))
+        assert np.abs(pooled - np.asarray(a.convert("RGB"), dtype=float)).mean() < 2.0
+
+
 def test_emoji_deterministic_by_seed(tmp_path: Path, emoji_root: Path) -> None:
     generate_emoji_world(tmp_path / "again", seed=5, **SMALL_EMOJI)
     assert _all_bytes(tmp_path / "again") == _all_bytes(emoji_root)
