@@ -167,7 +167,9 @@ def checkpoint_backbone(
     """The tower, backbone config (preprocessing included) and tokenizer of a checkpoint.
 
     Lets every dual-encoder method, the baselines above all, run on the backbone of any
-    OpenCIR checkpoint; an InstructCIR checkpoint gives its query encoder's tower.
+    OpenCIR checkpoint; an InstructCIR checkpoint gives its query encoder's tower. A
+    checkpoint of a smaller input with the same token grid (``vit-mini-minilm`` for
+    ``vit-mini-minilm-128``) is carried to ``config``'s input by :mod:`opencir.models.regrid`.
     """
     saved = read_checkpoint_config(directory)
     if MLLM_FOLDER in (_backbone_folder(config.method), _backbone_folder(saved.method)):
