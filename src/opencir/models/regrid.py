@@ -37,20 +37,19 @@ def input_scale(have: dict[str, Any], want: dict[str, Any]) -> int | None:
     if new_patch % old_patch or new_image * old_patch != old_image * new_patch:
         return None
     scale = new_patch // old_patch
-    if scale < 1 or not _listed_keys_equal(have, want, skip=GRID_KEYS):
+    rest = {key: value for key, value in want_vision.items() if key not in GRID_KEYS}
+    if scale < 1 or not _listed_keys_equal(have, {**want, "vision_config": rest}):
         return None
     return scale
 
 
-def _listed_keys_equal(have: dict[str, Any], want: dict[str, Any], skip: tuple[str, ...]) -> bool:
+def _listed_keys_equal(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Every key ``want`` lists (into nested dicts) holds the same value in ``have``."""
     for key, value in want.items():
-        if key == "vision_config" or (isinstance(value, dict) and "model_type" in value):
-            inner_skip = skip if key == "vision_config" else ()
-            if not isinstance(have.get(key), dict):
+        if isinstance(value, dict) and isinstance(have.get(key), dict):
+            if not _listed_keys_equal(have[key], value):
                 return False
-            if not _listed_keys_equal(have[key], value, inner_skip):
-                return False
-        elif key not in skip and have.get(key) != value:
+        elif have.get(key) != value:
             return False
     return True
 
